@@ -1,0 +1,41 @@
+"""dbert-kernels: fast, reproducible sampling for DiffusionBERT-style masked diffusion LMs.
+
+Public API:
+
+* :class:`Schedule`, :func:`token_information`: noise schedules (D3PM, cosine, spindle).
+* :func:`spindle_mask`: the forward process (masking).
+* :func:`sample_absorbing`, :func:`sample`, :func:`unmask_decision`: categorical sampling with
+  temperature / top-k / top-p / banned ids, fused with the absorbing posterior step.
+* :func:`topk_unmask`: confidence-based unmasking.
+* :func:`generate`: the reverse-process loop for any denoiser (:func:`as_denoiser`).
+
+Every op takes ``backend="auto" | "reference" | "triton" | "native"``; see
+:mod:`dbert_kernels.backends`.
+"""
+
+from ._validation import BERT_UNCASED_SPECIAL_IDS
+from .backends import available_backends
+from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
+from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
+from .sampler import build_template, generate
+from .schedules import Schedule, token_information
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BERT_UNCASED_SPECIAL_IDS",
+    "BigramDenoiser",
+    "Denoiser",
+    "HFMaskedLMDenoiser",
+    "Schedule",
+    "as_denoiser",
+    "available_backends",
+    "build_template",
+    "generate",
+    "sample",
+    "sample_absorbing",
+    "spindle_mask",
+    "token_information",
+    "topk_unmask",
+    "unmask_decision",
+]

@@ -1,0 +1,76 @@
+"""Backend registry: which implementation of the three ops runs for a given tensor.
+
+A backend is a module (or object) with the functions ``spindle_mask``, ``sample`` and
+``topk_unmask`` of :mod:`dbert_kernels.reference`'s signatures. ``"auto"`` picks the fastest
+available backend for the tensors' device: Triton for CUDA tensors, the native C++ kernels for CPU
+tensors, and the reference path when neither is available.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import torch
+
+__all__ = ["BACKENDS", "available_backends", "resolve_backend", "register_backend"]
+
+# name -> (loader returning the module or None if unavailable, devices it supports)
+_LOADERS: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {}
+_CACHE: dict[str, Any] = {}
+
+
+def register_backend(name: str, loader: Callable[[], Any], devices: tuple[str, ...]) -> None:
+    """Register a backend ``loader`` (returns the implementation, or None if unavailable)."""
+    _LOADERS[name] = (loader, devices)
+    _CACHE.pop(name, None)
+
+
+def _load(name: str) -> Any:
+    if name not in _CACHE:
+        _CACHE[name] = _LOADERS[name][0]()
+    return _CACHE[name]
+
+
+def _reference() -> ModuleType:
+    return importlib.import_module("dbert_kernels.reference")
+
+
+register_backend("reference", _reference, ("cpu", "cuda"))
+
+#: Names accepted by every ``backend=`` argument.
+BACKENDS = ("auto", "reference", "triton", "native")
+
+# Preference order of "auto" per device type.
+_AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("native", "reference")}
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` here (importable, and built where compiled)."""
+    dev = torch.device(device).type
+    return [n for n, (_, devs) in _LOADERS.items() if dev in devs and _load(n) is not None]
+
+
+def resolve_backend(backend: str, device: torch.device) -> tuple[str, Any]:
+    """The (name, implementation) that runs ``backend`` for tensors on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dev = device.type
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(dev, ("reference",)):
+            if name in _LOADERS and dev in _LOADERS[name][1] and _load(name) is not None:
+                return name, _load(name)
+        return "reference", _load("reference")
+    if backend not in _LOADERS or _load(backend) is None:
+        raise RuntimeError(
+            f"backend {backend!r} is not available in this installation "
+            f"(available on {dev}: {available_backends(device)}); use backend='auto'"
+        )
+    if dev not in _LOADERS[backend][1]:
+        raise ValueError(
+            f"backend {backend!r} does not run on {dev} tensors (it supports "
+            f"{_LOADERS[backend][1]}); move the tensors or use backend='auto'"
+        )
+    return backend, _load(backend)

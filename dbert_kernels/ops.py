@@ -1,0 +1,300 @@
+"""Public ops: validate user input once, resolve defaults, dispatch to a backend.
+
+Each op has the same semantics on every backend (see :mod:`dbert_kernels.reference`); ``backend``
+is ``"auto"`` (Triton for CUDA tensors, native C++ for CPU tensors when built, else the
+reference), or a name from :data:`dbert_kernels.backends.BACKENDS` to force one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._validation import (
+    IdsLike,
+    check_finite_rows,
+    check_ids_in_range,
+    check_int_tensor,
+    check_logits,
+    check_offset,
+    check_probability,
+    check_sampling_params,
+    check_seed,
+    check_token_id,
+    default_banned,
+    vocab_table,
+)
+from . import reference
+from .backends import resolve_backend
+from .schedules import Schedule
+
+__all__ = ["spindle_mask", "sample", "sample_absorbing", "topk_unmask", "unmask_decision"]
+
+
+def spindle_mask(
+    ids: torch.Tensor,
+    t: torch.Tensor | float,
+    schedule: Schedule,
+    token_info: torch.Tensor | None = None,
+    *,
+    mask_id: int,
+    protected_ids: IdsLike = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    offset: int = 0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward process: mask tokens of ``ids`` at time ``t`` under ``schedule``.
+
+    Args:
+        ids: ``[B, L]`` integer token ids.
+        t: time per row, ``[B]`` or a scalar, in ``[0, schedule.T]``.
+        schedule: the noise schedule; with ``spindle_lambda > 0`` per-token keep probabilities
+            follow the spindle term and ``token_info`` is required.
+        token_info: ``[V]`` float token information (:func:`token_information` of the same form).
+        mask_id: id written at masked positions.
+        protected_ids: ids never masked (pad, ``[CLS]``, ``[SEP]``...); also excluded from the
+            sentence mean of the spindle term.
+        vocab_size: V, needed only when ``token_info`` is not given (ids are checked against it).
+        seed, offset: Philox key and fourth counter word; same inputs + seed -> same mask.
+
+    Returns:
+        ``(noised_ids, masked)``: ``noised_ids`` like ``ids`` with ``mask_id`` where masked;
+        ``masked`` ``[B, L]`` bool.
+    """
+    check_int_tensor(ids, "ids", dims=2)
+    check_seed(seed)
+    check_offset(offset)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a dbert_kernels.Schedule, got {type(schedule).__name__}")
+    device = ids.device
+    if token_info is not None:
+        if not isinstance(token_info, torch.Tensor) or token_info.dim() != 1:
+            raise ValueError("token_info must be a 1-D float tensor [V]")
+        if not token_info.is_floating_point() or not torch.isfinite(token_info).all():
+            raise ValueError("token_info must hold finite floats (see dbert_kernels.token_information)")
+        if vocab_size is not None and vocab_size != token_info.numel():
+            raise ValueError(f"vocab_size={vocab_size} but token_info has {token_info.numel()} entries")
+        vocab_size = token_info.numel()
+        info = token_info.to(device=device, dtype=torch.float32)
+    elif schedule.is_spindle:
+        raise ValueError(
+            "a spindle schedule needs token_info: pass token_information(counts, form) computed "
+            "from the training corpus's token counts"
+        )
+    else:
+        if vocab_size is None:
+            raise ValueError("pass vocab_size (or token_info) so that ids can be checked")
+        info = torch.zeros(vocab_size, dtype=torch.float32, device=device)
+    check_token_id(mask_id, vocab_size, "mask_id")
+    check_ids_in_range(ids, vocab_size, "ids")
+    if schedule.is_spindle and schedule.spindle_form == "paper" and (info <= 0).any():
+        raise ValueError("paper-form token_info (H = -log freq) must be > 0 everywhere")
+    protected = vocab_table(protected_ids, vocab_size, device, "protected_ids")
+    t_rows = torch.as_tensor(t, dtype=torch.float64)
+    if t_rows.dim() == 0:
+        t_rows = t_rows.expand(ids.shape[0])
+    if t_rows.shape != (ids.shape[0],):
+        raise ValueError(f"t must be a scalar or a [B] = [{ids.shape[0]}] tensor, got {tuple(t_rows.shape)}")
+    base = schedule.alphabar(t_rows).to(device=device, dtype=torch.float32)
+    amp = schedule.spindle_amplitude(t_rows).to(device=device, dtype=torch.float32)
+    form = schedule.spindle_form if schedule.is_spindle else "none"
+    _, impl = resolve_backend(backend, device)
+    return impl.spindle_mask(ids, base, amp, info, protected, form, mask_id, seed, offset)
+
+
+def sample_absorbing(
+    logits: torch.Tensor,
+    ids: torch.Tensor | None = None,
+    *,
+    mask_id: int | None = None,
+    unmask_prob: float | torch.Tensor = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    banned_ids: IdsLike = None,
+    seed: int = 0,
+    offset: int = 0,
+    row_index: torch.Tensor | None = None,
+    validate: bool = True,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Categorical sampling from logits fused with the absorbing posterior step.
+
+    Args:
+        logits: ``[R, V]`` float32 / float16 / bfloat16 (one row per position).
+        ids: ``[R]`` current token of each position, or None: every row is ``[MASK]``.
+        mask_id: the ``[MASK]`` id (required with ``ids``; always banned from the output).
+        unmask_prob: probability (float or ``[R]``) that a masked row is revealed at this step,
+            ``Schedule.unmask_probability(s, t)``; 1 reveals every masked row.
+        temperature: > 0 samples from ``softmax(logits / temperature)``; 0 is greedy.
+        top_k: keep the ``top_k`` largest logits (ties at the boundary kept); None: all.
+        top_p: nucleus filter in (0, 1]; None: off.
+        banned_ids: ids never returned; default bert-base-uncased's [PAD] [CLS] [SEP] [MASK].
+        seed, offset: Philox key and counter word (use the step as offset).
+        row_index: ``[R]`` int Philox row ids (default ``arange(R)``); pass each row's global
+            position when sampling a subset so that results do not depend on the subset.
+        validate: check logits for NaN / +inf and all-banned rows (one extra read; turn off
+            for CUDA-graph capture, where bad rows then give an unspecified token).
+
+    Returns:
+        ``(tokens, confidence)``: ``[R]`` int64 and float32. Revealed rows hold the sampled token
+        and its probability under the filtered distribution (at temperature 1 when greedy);
+        rows unmasked on entry keep their token with confidence 1; masked rows not revealed stay
+        ``mask_id`` with confidence 0. Logits of rows that are not revealed are never read.
+    """
+    vocab = check_logits(logits)
+    check_sampling_params(temperature, top_k, top_p, vocab)
+    check_seed(seed)
+    check_offset(offset)
+    n_rows = logits.shape[0]
+    device = logits.device
+    banned_ids = default_banned(banned_ids, vocab)
+    banned = vocab_table(banned_ids, vocab, device, "banned_ids")
+    if ids is not None:
+        check_int_tensor(ids, "ids", dims=1)
+        if ids.shape[0] != n_rows:
+            raise ValueError(f"ids has {ids.shape[0]} rows but logits have {n_rows}")
+        if ids.device != device:
+            raise ValueError(f"ids are on {ids.device} but logits on {device}")
+        check_ids_in_range(ids, vocab, "ids")
+    if mask_id is not None:
+        check_token_id(mask_id, vocab, "mask_id")
+        banned[mask_id] = True
+    elif ids is not None:
+        raise ValueError("pass mask_id together with ids (it marks the rows still to sample)")
+    if bool(banned.all()):
+        raise ValueError("every token of the vocabulary is banned: nothing can be sampled")
+    prob = check_probability(unmask_prob, n_rows, device, "unmask_prob")
+    if row_index is None:
+        row_index = torch.arange(n_rows, device=device)
+    else:
+        check_int_tensor(row_index, "row_index", dims=1)
+        if row_index.shape[0] != n_rows or (row_index.numel() and int(row_index.min()) < 0):
+            raise ValueError(f"row_index must be [{n_rows}] non-negative ints")
+        row_index = row_index.to(device=device, dtype=torch.int64)
+    if validate:
+        read = None if ids is None else ids == mask_id
+        check_finite_rows(logits, read)
+        rows_x = logits if read is None else logits[read]
+        if rows_x.numel():
+            allowed_max = rows_x.float().masked_fill(banned[None, :], float("-inf")).amax(dim=1)
+            if bool((allowed_max == float("-inf")).any()):
+                raise ValueError(
+                    "a row has no token with a finite logit outside banned_ids: nothing can be sampled"
+                )
+    _, impl = resolve_backend(backend, device)
+    return impl.sample(
+        logits, ids, prob, banned, row_index, -1 if mask_id is None else mask_id,
+        float(temperature), top_k, None if top_p is None else float(top_p), seed, offset,
+    )
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    banned_ids: IdsLike = None,
+    seed: int = 0,
+    offset: int = 0,
+    row_index: torch.Tensor | None = None,
+    validate: bool = True,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits`` [R, V]; returns (tokens [R] int64, confidence [R]).
+
+    :func:`sample_absorbing` with every row masked and revealed; see it for the arguments.
+    """
+    return sample_absorbing(
+        logits, None, temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned_ids,
+        seed=seed, offset=offset, row_index=row_index, validate=validate, backend=backend,
+    )
+
+
+def unmask_decision(
+    is_masked: torch.Tensor,
+    unmask_prob: float | torch.Tensor,
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    row_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Which masked rows :func:`sample_absorbing` reveals with the same seed and offset.
+
+    ``is_masked``: ``[R]`` bool; returns ``[R]`` bool. Lets a sampler decide first and then ask
+    the denoiser for the logits of the revealed rows only.
+    """
+    if not isinstance(is_masked, torch.Tensor) or is_masked.dtype != torch.bool or is_masked.dim() != 1:
+        raise TypeError("is_masked must be a 1-D bool tensor")
+    check_seed(seed)
+    check_offset(offset)
+    n_rows = is_masked.shape[0]
+    prob = check_probability(unmask_prob, n_rows, is_masked.device, "unmask_prob")
+    if row_index is None:
+        row_index = torch.arange(n_rows, device=is_masked.device)
+    return reference.reveal_rows(is_masked, prob, row_index.to(torch.int64), seed, offset)
+
+
+def topk_unmask(
+    ids: torch.Tensor,
+    candidates: torch.Tensor,
+    confidence: torch.Tensor,
+    k: torch.Tensor | int,
+    *,
+    mask_id: int,
+    gumbel_temperature: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Confidence-based unmasking (MaskGIT / LLaDA style).
+
+    Args:
+        ids: ``[B, L]`` current ids; positions equal to ``mask_id`` are eligible.
+        candidates: ``[B, L]`` the token each position would take (e.g. from :func:`sample`).
+        confidence: ``[B, L]`` float, in [0, 1], of each candidate.
+        k: per-row count ``[B]`` (or an int): reveal ``min(k[b], #masked in row b)`` positions.
+        gumbel_temperature: 0 ranks by confidence; > 0 ranks by
+            ``log(confidence) + gumbel_temperature * Gumbel`` (seeded), for diversity.
+
+    Returns:
+        New ids ``[B, L]`` (same dtype): the chosen positions take their candidate; ties in the
+        score go to the lower position.
+    """
+    check_int_tensor(ids, "ids", dims=2)
+    check_int_tensor(candidates, "candidates", dims=2)
+    check_seed(seed)
+    check_offset(offset)
+    if candidates.shape != ids.shape or confidence.shape != ids.shape:
+        raise ValueError(
+            f"ids, candidates and confidence must share one [B, L] shape; got {tuple(ids.shape)}, "
+            f"{tuple(candidates.shape)}, {tuple(confidence.shape)}"
+        )
+    if not confidence.is_floating_point():
+        raise TypeError(f"confidence must be a float tensor, got {confidence.dtype}")
+    eligible = ids == mask_id
+    if bool((candidates[eligible] == mask_id).any()):
+        raise ValueError("a candidate token equals mask_id: sample candidates with mask_id banned")
+    conf_e = confidence[eligible]
+    if conf_e.numel() and (torch.isnan(conf_e).any() or (conf_e < 0).any() or (conf_e > 1).any()):
+        raise ValueError("confidence must lie in [0, 1] (no NaN) at masked positions")
+    if isinstance(gumbel_temperature, bool) or not isinstance(gumbel_temperature, (int, float)) or not (
+        0 <= gumbel_temperature < float("inf")
+    ):
+        raise ValueError(f"gumbel_temperature must be a finite float >= 0, got {gumbel_temperature!r}")
+    batch = ids.shape[0]
+    k_t = torch.as_tensor(k, device=ids.device)
+    if k_t.is_floating_point() or k_t.dtype == torch.bool:
+        raise TypeError("k must be an int or an integer tensor [B]")
+    k_t = k_t.to(torch.int64)
+    if k_t.dim() == 0:
+        k_t = k_t.expand(batch)
+    if k_t.shape != (batch,):
+        raise ValueError(f"k must be an int or a [B] = [{batch}] tensor, got shape {tuple(k_t.shape)}")
+    if k_t.numel() and int(k_t.min()) < 0:
+        raise ValueError("k must be >= 0")
+    _, impl = resolve_backend(backend, ids.device)
+    return impl.topk_unmask(
+        ids, candidates, confidence.to(torch.float32), k_t, mask_id, float(gumbel_temperature), seed, offset
+    )
