@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import reference
 from ._validation import (
     IdsLike,
     check_finite_rows,
@@ -23,7 +24,6 @@ from ._validation import (
     default_banned,
     vocab_table,
 )
-from . import reference
 from .backends import resolve_backend
 from .schedules import Schedule
 

@@ -88,7 +88,7 @@ class Schedule:
 
     # ------------------------------------------------------------------ evaluation
     def _time(self, t: TensorLike) -> torch.Tensor:
-        t = torch.as_tensor(t)
+        t = torch.as_tensor(t, dtype=None if isinstance(t, torch.Tensor) else torch.float64)
         if not t.is_floating_point():
             t = t.to(torch.float64)
         if torch.isnan(t).any() or (t < 0).any() or (t > self.T).any():
