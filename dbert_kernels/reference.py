@@ -148,10 +148,12 @@ def _sample_rows(
         keep = keep & (probs >= threshold)
     filtered = scaled.masked_fill(~keep, float("-inf"))
     if temperature > 0:
-        cols = torch.arange(vocab, device=x.device)[None, :]
-        w0, w1, _, _ = philox_words(seed, cols, rows[:, None], STREAM_SAMPLE, offset, device=x.device)
-        gumbel = -torch.log(exponential_from_bits(w0, w1))
-        score = (filtered + gumbel).masked_fill(~keep, float("-inf"))
+        # Gumbel noise only where it can matter (the kept ids): the same draws, far fewer of them
+        # after a top-k / top-p filter.
+        r_idx, c_idx = keep.nonzero(as_tuple=True)
+        w0, w1, _, _ = philox_words(seed, c_idx, rows[r_idx], STREAM_SAMPLE, offset, device=x.device)
+        score = torch.full_like(filtered, float("-inf"))
+        score[r_idx, c_idx] = filtered[r_idx, c_idx] - torch.log(exponential_from_bits(w0, w1))
         token = torch.argmax(score, dim=1)
     else:
         token = torch.argmax(filtered, dim=1)  # first maximum: ties go to the lower id
