@@ -89,6 +89,7 @@ def generate(
     banned_ids: IdsLike = None,
     prefix: torch.Tensor | Sequence[int] | None = None,
     fixed: torch.Tensor | None = None,
+    token_info: torch.Tensor | None = None,
     seed: int = 0,
     progress: bool = True,
     backend: str = "auto",
@@ -107,6 +108,11 @@ def generate(
             (``mask_id`` is always banned).
         gumbel_temperature: Gumbel noise on the confidence for ``strategy="topk"``.
         prefix, fixed: tokens to condition on (:func:`build_template`); never changed.
+        token_info: ``[V]`` token information of a spindle ``schedule`` (``strategy="posterior"``
+            only): reveal probabilities then follow the per-token spindle alphabar of each
+            position's most likely token (the authors' sampler: the clean token is unknown, so
+            the information of ``argmax x0_hat`` stands in). Every masked row's logits are then
+            needed at every step. None (default): the sentence-level alphabar.
         seed: Philox seed; the step index is the counter offset.
         progress: show a progress bar over the steps.
         backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"native"`` for the sampling ops.
@@ -122,6 +128,8 @@ def generate(
     if strategy not in ("posterior", "topk"):
         raise ValueError(f"strategy must be 'posterior' or 'topk', got {strategy!r}")
     schedule = schedule or Schedule()
+    if token_info is not None and (strategy != "posterior" or not schedule.is_spindle):
+        raise ValueError("token_info needs strategy='posterior' and a spindle schedule (spindle_lambda > 0)")
     den = as_denoiser(denoiser)
     if device is None:
         params = getattr(denoiser, "parameters", None)
@@ -144,7 +152,17 @@ def generate(
             if not bool(masked.any()):
                 break
             t_rows = torch.full((batch_size,), t, dtype=torch.float32, device=ids.device)
-            if strategy == "posterior":
+            if strategy == "posterior" and token_info is not None:
+                flat = masked.reshape(-1)
+                logits = den(ids, t=t_rows, rows=masked)
+                prob = _spindle_reveal_probability(schedule, token_info, ids, flat, logits, s, t, banned_ids)
+                tokens, _ = sample_absorbing(
+                    logits, ids.view(-1)[flat], mask_id=mask_id, unmask_prob=prob,
+                    temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned_ids,
+                    seed=seed, offset=k, row_index=row_index[flat], backend=backend,
+                )
+                ids.view(-1)[flat] = tokens
+            elif strategy == "posterior":
                 prob = float(schedule.unmask_probability(s, t))
                 reveal = unmask_decision(masked.reshape(-1), prob, seed=seed, offset=k, row_index=row_index)
                 if bool(reveal.any()):
@@ -180,6 +198,35 @@ def generate(
     if bool((ids == mask_id).any()):  # pragma: no cover - guaranteed by alphabar(0) = 1
         raise RuntimeError("generation ended with [MASK] tokens left; please report this as a bug")
     return ids
+
+
+def _spindle_reveal_probability(
+    schedule: Schedule,
+    token_info: torch.Tensor,
+    ids: torch.Tensor,
+    flat_masked: torch.Tensor,
+    logits: torch.Tensor,
+    s: float,
+    t: float,
+    banned_ids: IdsLike,
+) -> torch.Tensor:
+    """Per-position reveal probability ``[n_masked]`` under the token-level spindle alphabar."""
+    info = token_info.to(device=ids.device, dtype=torch.float32)
+    if info.dim() != 1 or info.numel() != logits.shape[1]:
+        raise ValueError(f"token_info must be [V] = [{logits.shape[1]}], got {tuple(token_info.shape)}")
+    guess = ids.clone()
+    guess.view(-1)[flat_masked] = logits.argmax(dim=1).to(guess.dtype)
+    special = torch.as_tensor(list(banned_ids) if banned_ids is not None else [], dtype=torch.int64)
+    valid = ~torch.isin(guess, special.to(ids.device))
+    batch = ids.shape[0]
+    times = torch.tensor([t, s], dtype=torch.float64)
+    keep_t = schedule.token_alphabar(times[0].expand(batch), info[guess], valid)
+    keep_s = schedule.token_alphabar(times[1].expand(batch), info[guess], valid)
+    if s <= 0:
+        return torch.ones(int(flat_masked.sum()), dtype=torch.float32, device=ids.device)
+    denom = (1.0 - keep_t).clamp(min=1e-12)
+    prob = ((keep_s - keep_t) / denom).clamp(0.0, 1.0)
+    return prob.reshape(-1)[flat_masked]
 
 
 class _NoBar:

@@ -147,3 +147,29 @@ def test_bad_arguments_raise(kwargs, err):
 def test_build_template():
     ids = build_template(2, 6, MASK, prefix=[CLS, 5], fixed=torch.tensor([-1, -1, -1, -1, -1, SEP]))
     assert ids.tolist() == [[CLS, 5, MASK, MASK, MASK, SEP]] * 2
+
+
+def test_spindle_aware_posterior():
+    """With token_info, positions whose guess is frequent (high code-form weight) are revealed earlier."""
+    from dbert_kernels import token_information
+    from dbert_kernels.sampler import _spindle_reveal_probability
+
+    counts = torch.ones(V)
+    counts[104:127] = 1e6  # a frequent block
+    info = token_information(counts, "code")
+    sched = Schedule.spindle(lam=0.3, T=100)
+    ids = torch.full((1, 4), MASK)
+    logits = torch.zeros(4, V)
+    logits[0, 110] = logits[1, 110] = 5.0  # frequent guesses
+    logits[2, 140] = logits[3, 140] = 5.0  # rare guesses
+    every = torch.ones(4, dtype=torch.bool)
+    prob = _spindle_reveal_probability(sched, info, ids, every, logits, 50.0, 75.0, BANNED)
+    assert float(prob[0]) == float(prob[1]) > float(prob[2]) == float(prob[3])
+    assert bool((_spindle_reveal_probability(sched, info, ids, every, logits, 0.0, 25.0, BANNED) == 1).all())
+
+    out = generate(_den(), mask_id=MASK, batch_size=4, seq_len=16, steps=4, schedule=sched, token_info=info,
+                   progress=False, banned_ids=BANNED, seed=0)
+    assert not bool(torch.isin(out, torch.tensor(BANNED)).any())
+    with pytest.raises(ValueError, match="token_info"):
+        generate(_den(), mask_id=MASK, steps=2, schedule=Schedule.d3pm(), token_info=info, progress=False,
+                 banned_ids=BANNED)
