@@ -12,7 +12,7 @@ from .noise import philox_block, uniform_from_bits
 #: Integer codes of the ``form`` argument (``"none"``, ``"code"``, ``"paper"``).
 FORMS = {"none": 0, "code": 1, "paper": 2}
 
-STREAM_MASK: tl.constexpr = 0
+STREAM_MASK = tl.constexpr(0)
 
 
 @triton.jit
@@ -56,7 +56,7 @@ def _spindle_mask_kernel(
                 safe_w = tl.where(valid, w, 1.0)
                 keep = tl.minimum(tl.maximum(base - amp * (1.0 - mean / safe_w), 0.0), 1.0)
         keep = tl.where(valid, keep, 1.0)
-        w0, _, _, _ = philox_block(seed, cols, row, STREAM_MASK, offset)
+        w0, w1, w2, w3 = philox_block(seed, cols, row, STREAM_MASK, offset)
         masked = uniform_from_bits(w0) >= keep
         noised = tl.where(masked, mask_id, tok)
         tl.store(out_ids_ptr + row.to(tl.int64) * length + cols, noised.to(raw.dtype), mask=inb)

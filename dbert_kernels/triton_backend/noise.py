@@ -11,12 +11,12 @@ import triton
 import triton.language as tl
 
 # Constants of dbert_kernels.random (kept literally identical).
-TWO_M23: tl.constexpr = 1.1920928955078125e-07  # 2**-23
-TWO_M46: tl.constexpr = 1.4210854715202004e-14  # 2**-46
-EXP_SERIES_CUTOFF: tl.constexpr = 0.015625  # 2**-6
-ONE_MINUS_ULP: tl.constexpr = 0.999999940395355225  # 1 - 2**-24
-INT32_MIN: tl.constexpr = -2147483648
-INT32_MAX: tl.constexpr = 2147483647
+TWO_M23 = tl.constexpr(1.1920928955078125e-07)  # 2**-23
+TWO_M46 = tl.constexpr(1.4210854715202004e-14)  # 2**-46
+EXP_SERIES_CUTOFF = tl.constexpr(0.015625)  # 2**-6
+ONE_MINUS_ULP = tl.constexpr(0.999999940395355225)  # 1 - 2**-24
+INT32_MIN = tl.constexpr(-2147483648)
+INT32_MAX = tl.constexpr(2147483647)
 
 
 @triton.jit

@@ -37,10 +37,10 @@ from .noise import (
     uniform_from_bits,
 )
 
-STREAM_SAMPLE: tl.constexpr = 1
-STREAM_UNMASK: tl.constexpr = 2
-NEG_INF: tl.constexpr = float("-inf")
-MAX_SEARCH_STEPS: tl.constexpr = 40  # > 32: a safety bound, never reached on valid rows
+STREAM_SAMPLE = tl.constexpr(1)
+STREAM_UNMASK = tl.constexpr(2)
+NEG_INF = tl.constexpr(float("-inf"))
+MAX_SEARCH_STEPS = tl.constexpr(40)  # > 32: a safety bound, never reached on valid rows
 
 
 @triton.jit
@@ -58,6 +58,7 @@ def _sample_kernel(
     out_tok_ptr, out_conf_ptr, out_ent_ptr,
     n_rows, vocab, mask_id, inv_t, top_k, top_p,
     HAS_IDS: tl.constexpr, GREEDY: tl.constexpr, USE_TOPK: tl.constexpr, USE_TOPP: tl.constexpr,
+    FILTERED: tl.constexpr,
     WITH_ENTROPY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -70,15 +71,15 @@ def _sample_kernel(
     else:
         current = row_id * 0 + mask_id
     is_masked = current == mask_id
-    w0, _, _, _ = philox_block(seed, row_id * 0, row_id, STREAM_UNMASK, offset)
+    u_w0, u_w1, u_w2, u_w3 = philox_block(seed, row_id * 0, row_id, STREAM_UNMASK, offset)
     prob = tl.load(prob_ptr + rows, mask=in_rows, other=0.0)
-    active = in_rows & is_masked & (uniform_from_bits(w0) < prob)
+    active = in_rows & is_masked & (uniform_from_bits(u_w0) < prob)
     row_off = rows.to(tl.int64) * stride_row
     lanes = tl.arange(0, BLOCK_V)
     bad = tl.zeros([BLOCK_R], dtype=tl.int32)
     x_thr = tl.full([BLOCK_R], INT32_MIN, tl.int32)  # keep x with float_key(x) >= x_thr
     s_thr = tl.full([BLOCK_R], INT32_MIN, tl.int32)  # keep s with float_key(s) >= s_thr
-    if USE_TOPK or USE_TOPP:
+    if FILTERED:
         # pass 1: key range and count of the allowed logits, NaN / +inf detection
         kmin = tl.full([BLOCK_R], INT32_MAX, tl.int32)
         kmax = tl.full([BLOCK_R], INT32_MIN, tl.int32)
@@ -176,7 +177,7 @@ def _sample_kernel(
     for start in range(0, vocab, BLOCK_V):
         cols = start + lanes
         x, s, allowed = _load_block(logits_ptr, row_off, active, banned_ptr, cols, vocab, inv_t)
-        if not (USE_TOPK or USE_TOPP):
+        if not FILTERED:
             bad += tl.sum((allowed & ((x != x) | (x == float("inf")))).to(tl.int32), axis=1)
         kept = allowed & (x == x) & (float_key(x) >= x_thr[:, None]) & (float_key(s) >= s_thr[:, None])
         s_kept = tl.where(kept, s, NEG_INF)
@@ -191,7 +192,7 @@ def _sample_kernel(
         if GREEDY:
             score = s_kept
         else:
-            hi_w, lo_w, _, _ = philox_block(seed, cols[None, :], row_id[:, None], STREAM_SAMPLE, offset)
+            hi_w, lo_w, g_w2, g_w3 = philox_block(seed, cols[None, :], row_id[:, None], STREAM_SAMPLE, offset)
             score = tl.where(kept, s_kept + (-tl.log(exponential_from_bits(hi_w, lo_w))), NEG_INF)
         block_best = tl.max(score, axis=1)
         block_arg = tl.argmax(score, axis=1)
@@ -255,6 +256,7 @@ def launch_sample(
         tokens, conf, entropy if with_entropy else conf,
         n_rows, vocab, mask_id, inv_temperature, top_k if use_topk else 0, top_p,
         HAS_IDS=ids is not None, GREEDY=greedy, USE_TOPK=use_topk, USE_TOPP=use_topp,
+        FILTERED=use_topk or use_topp,
         WITH_ENTROPY=with_entropy, BLOCK_R=block_r, BLOCK_V=block_v,
         num_warps=num_warps, **LAUNCH_OPTIONS,
     )

