@@ -205,7 +205,10 @@ def test_sample_matches_reference(device, dtype):
             assert not bool(((tok == 103) & revealed).any())
             same = tok == want_tok
             mismatches += int((~same).sum())
-            torch.testing.assert_close(conf[same], want_conf[same], rtol=2e-5, atol=1e-6)
+            # at V = 30522 the fp32 top-p mass sums (different orders) may keep or drop one boundary
+            # token of probability ~1e-4, which moves the normaliser by as much
+            rtol = 2e-5 if device == "cpu" else 2e-3
+            torch.testing.assert_close(conf[same], want_conf[same], rtol=rtol, atol=1e-6)
         if device == "cpu":
             assert mismatches == 0
         else:  # GPU log/exp may move a boundary or a Gumbel near-tie by one ulp
@@ -330,3 +333,19 @@ def test_bad_inputs_raise(device):
     with pytest.raises(ValueError, match="reference"):
         launch_topk_unmask(long, long, long.float(), torch.ones(1, dtype=torch.int64, device=dev),
                            torch.zeros(2, dtype=torch.int64, device=dev), 103, 0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_strided_and_int32_inputs(device):
+    """Logits rows with a stride larger than V (a slice) and int32 ids give the same draws."""
+    dev = require_triton(device)
+    vocab, rows = (250, 30) if device == "cpu" else (30522, 1024)
+    wide = _logits(rows, vocab + 17, torch.float16, 8, dev)
+    logits = wide[:, :vocab]
+    ids = torch.full((rows,), 103, dtype=torch.int32, device=dev)
+    ids[::3] = 200
+    kw = dict(mask_id=103, temperature=0.9, top_k=50, seed=77, offset=3)
+    got = dk.sample_absorbing(logits, ids, backend="triton", **kw)
+    want = dk.sample_absorbing(logits.contiguous(), ids.long(), backend="reference", **kw)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=2e-5, atol=1e-6)
