@@ -75,6 +75,8 @@ def _sample_kernel(
     prob = tl.load(prob_ptr + rows, mask=in_rows, other=0.0)
     active = in_rows & is_masked & (uniform_from_bits(u_w0) < prob)
     row_off = rows.to(tl.int64) * stride_row
+    # a program whose rows are all kept as they are runs no pass at all (no noise computed either)
+    n_cols = tl.where(tl.max(active.to(tl.int32), axis=0) > 0, vocab, 0)
     lanes = tl.arange(0, BLOCK_V)
     bad = tl.zeros([BLOCK_R], dtype=tl.int32)
     x_thr = tl.full([BLOCK_R], INT32_MIN, tl.int32)  # keep x with float_key(x) >= x_thr
@@ -84,7 +86,7 @@ def _sample_kernel(
         kmin = tl.full([BLOCK_R], INT32_MAX, tl.int32)
         kmax = tl.full([BLOCK_R], INT32_MIN, tl.int32)
         n_allowed = tl.zeros([BLOCK_R], dtype=tl.int32)
-        for start in range(0, vocab, BLOCK_V):
+        for start in range(0, n_cols, BLOCK_V):
             x, s, allowed = _load_block(logits_ptr, row_off, active, banned_ptr, start + lanes, vocab, inv_t)
             bad += tl.sum((allowed & ((x != x) | (x == float("inf")))).to(tl.int32), axis=1)
             ok = allowed & (x == x)
@@ -104,7 +106,7 @@ def _sample_kernel(
                 count = tl.zeros([BLOCK_R], dtype=tl.int32)
                 above = tl.full([BLOCK_R], INT32_MAX, tl.int32)  # smallest key >= pivot
                 below = tl.full([BLOCK_R], INT32_MIN, tl.int32)  # largest key < pivot
-                for start in range(0, vocab, BLOCK_V):
+                for start in range(0, n_cols, BLOCK_V):
                     x, s, allowed = _load_block(
                         logits_ptr, row_off, active & live, banned_ptr, start + lanes, vocab, inv_t
                     )
@@ -124,7 +126,7 @@ def _sample_kernel(
             m = tl.full([BLOCK_R], NEG_INF, tl.float32)
             smin = tl.full([BLOCK_R], INT32_MAX, tl.int32)
             smax = tl.full([BLOCK_R], INT32_MIN, tl.int32)
-            for start in range(0, vocab, BLOCK_V):
+            for start in range(0, n_cols, BLOCK_V):
                 x, s, allowed = _load_block(logits_ptr, row_off, active, banned_ptr, start + lanes, vocab, inv_t)
                 kept = allowed & (x == x) & (float_key(x) >= x_thr[:, None])
                 key = float_key(s)
@@ -134,7 +136,7 @@ def _sample_kernel(
             searched = (bad == 0) & (m > NEG_INF)
             m_safe = tl.where(searched, m, 0.0)
             z = tl.zeros([BLOCK_R], dtype=tl.float32)
-            for start in range(0, vocab, BLOCK_V):
+            for start in range(0, n_cols, BLOCK_V):
                 x, s, allowed = _load_block(
                     logits_ptr, row_off, active & searched, banned_ptr, start + lanes, vocab, inv_t
                 )
@@ -151,7 +153,7 @@ def _sample_kernel(
                 mass = tl.zeros([BLOCK_R], dtype=tl.float32)
                 above = tl.full([BLOCK_R], INT32_MAX, tl.int32)  # smallest key > pivot
                 below = tl.full([BLOCK_R], INT32_MIN, tl.int32)  # largest key <= pivot
-                for start in range(0, vocab, BLOCK_V):
+                for start in range(0, n_cols, BLOCK_V):
                     x, s, allowed = _load_block(
                         logits_ptr, row_off, active & live, banned_ptr, start + lanes, vocab, inv_t
                     )
@@ -174,7 +176,7 @@ def _sample_kernel(
     best = tl.full([BLOCK_R], NEG_INF, tl.float32)
     best_tok = tl.full([BLOCK_R], -1, tl.int32)
     best_s = tl.full([BLOCK_R], NEG_INF, tl.float32)
-    for start in range(0, vocab, BLOCK_V):
+    for start in range(0, n_cols, BLOCK_V):
         cols = start + lanes
         x, s, allowed = _load_block(logits_ptr, row_off, active, banned_ptr, cols, vocab, inv_t)
         if not FILTERED:
