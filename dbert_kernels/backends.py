@@ -9,6 +9,7 @@ tensors, and the reference path when neither is available.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -38,7 +39,21 @@ def _reference() -> ModuleType:
     return importlib.import_module("dbert_kernels.reference")
 
 
+def _triton() -> ModuleType | None:
+    """The Triton backend, or None when Triton is not installed or has no device to run on."""
+    try:
+        module = importlib.import_module("dbert_kernels.triton_backend")
+    except ImportError:
+        return None
+    return module if (module.INTERPRETED or torch.cuda.is_available()) else None
+
+
 register_backend("reference", _reference, ("cpu", "cuda"))
+# The Triton kernels run on CUDA; under TRITON_INTERPRET=1 they also accept CPU tensors when asked
+# for by name (backend="triton"): "auto" never picks the interpreter, see _AUTO_ORDER.
+register_backend(
+    "triton", _triton, ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else ("cuda",)
+)
 
 #: Names accepted by every ``backend=`` argument.
 BACKENDS = ("auto", "reference", "triton", "native")
