@@ -132,3 +132,13 @@ def test_quality_only_run_uses_the_loader_and_keeps_the_full_results(tmp_path, m
     saved = json.loads((tmp_path / "cpu-quality.json").read_text())
     assert [r["steps"] for r in saved["quality"]["results"]] == [2, 4]
     assert "| steps | seconds | s / batch | n | distinct |" in (tmp_path / "cpu-quality.md").read_text()
+
+
+def test_spent_budget_skips_and_lists_every_measurement(tmp_path) -> None:
+    res = main(["--device", "cpu", "--quick", "--only", "kernels,e2e", "--budget-s", "0", "--out", str(tmp_path),
+                "--no-progress"])
+    assert res["kernels"]["results"] == [] and len(res["kernels"]["skipped"]) == 4
+    e = res["e2e"]
+    assert e["diffusion"] == [] and e["gpt"] == []
+    assert len(e["skipped"]) == 3 and all("time budget" in s for s in e["skipped"])
+    assert "Skipped: DiffusionBERT: 2 of 2 configurations" in (tmp_path / "cpu.md").read_text()
