@@ -90,7 +90,16 @@ def test_find_loader_reports_a_missing_entry_point(monkeypatch: pytest.MonkeyPat
     assert quality.find_loader() is fake.load_for_bench
 
 
-def test_quick_cpu_run_writes_consistent_results(tmp_path, capsys) -> None:
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a loaded machine, spinning OpenMP threads make a smoke run crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quick_cpu_run_writes_consistent_results(tmp_path, capsys, one_thread) -> None:
     res = main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--no-progress", "--note", "smoke"])
     out = capsys.readouterr().out
     assert "| op | variant |" in out and "GPT-2 variant" in out
