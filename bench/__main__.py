@@ -1,0 +1,207 @@
+"""``python -m bench``: kernel, end-to-end and steps-versus-quality benchmarks in one command.
+
+Examples::
+
+    python -m bench --device cpu             # the CPU table in a few minutes
+    python -m bench --device cpu --quick     # smoke run, seconds
+    python -m bench --device cuda            # the GPU run (bench/gpu.sh), < 8 min on an H100
+    python -m bench --only quality --checkpoint ckpt/  # the paper's Table 3 with a trained model
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import e2e, kernels, quality, report
+from .configs import BenchConfig, config_for
+
+SECTIONS = ("kernels", "e2e", "quality")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help="comma-separated sections to run (kernels, e2e, quality); default all")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends to time (default: every available one on the device)")
+    p.add_argument("--checkpoint", default=None, help="trained model for the quality section (dbert_model)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results directory (default bench/results, bench/results/quick with --quick)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new measurements after this many seconds (the rest is listed as skipped)")
+    p.add_argument("--note", action="append", default=[], help="a note recorded with the results")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is steadier on a shared machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+class Budget:
+    """Wall-clock budget: ``ok()`` is False once ``seconds`` have passed since the start."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.start = time.perf_counter()
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def ok(self) -> bool:
+        return self.seconds is None or self.elapsed() < self.seconds
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="bench", unit="case", disable=not enabled, file=sys.stderr)
+
+
+def _backends(arg: str | None, device: torch.device) -> list[str]:
+    available = kernels.timed_backends(device)
+    if arg is None:
+        return available
+    wanted = [b.strip() for b in arg.split(",") if b.strip()]
+    missing = [b for b in wanted if b not in available]
+    if missing:
+        raise SystemExit(f"backends {missing} are not available on {device.type} (available: {available})")
+    return wanted
+
+
+def run_kernels(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget) -> dict:
+    copy_bps = kernels.measure_copy(device, cfg.kernels)
+    results, skipped = [], []
+    for case in kernels.kernel_cases(cfg.kernels):
+        bar.set_postfix_str(f"{case.op} {case.variant} {case.rows}x{case.vocab} {case.dtype}")
+        if budget.ok():
+            results += kernels.run_kernel_case(case, device, backends, cfg.kernels, copy_bps)
+        else:
+            skipped.append(f"kernel {case.op} {case.variant} rows={case.rows} V={case.vocab} {case.dtype} (budget)")
+        bar.update(1)
+    return {"copy_GBps": copy_bps / 1e9, "copy_bytes": cfg.kernels.copy_bytes, "backends": backends,
+            "results": results, "skipped": skipped}
+
+
+def _consume(runs: Iterator[dict], n: int, label: str, out: list[dict], skipped: list[str], bar: Any,
+             budget: Budget) -> None:
+    """Take up to ``n`` results from the lazy ``runs`` while the budget lasts."""
+    for done in range(n):
+        if not budget.ok():
+            skipped.append(f"{label}: {n - done} of {n} configurations (time budget)")
+            bar.update(n - done)
+            return
+        r = next(runs)
+        bar.set_postfix_str(f"{label} " + " ".join(f"{k}={r[k]}" for k in ("tokens", "batch", "steps") if k in r))
+        out.append(r)
+        bar.update(1)
+
+
+def run_e2e(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget) -> dict:
+    ec = cfg.e2e
+    gpt, gpt_info = e2e.build_gpt2(ec, device)
+    bert, bert_info = e2e.build_bert(ec, device)
+    gpt_results: list[dict] = []
+    diffusion: list[dict] = []
+    skipped: list[str] = []
+    n_gpt = len(ec.tokens) * len(ec.batches)
+    n_diff = len(ec.tokens) * len(ec.batches) * len(ec.steps) * len(backends)
+    # the cheap GPT baseline first, the compiled one last, so that a budget cut keeps the ratios
+    first, rest = ec.gpt_variants[:1], ec.gpt_variants[1:]
+    for v in first:
+        _consume(e2e.gpt_runs(gpt, ec, device, v), n_gpt, f"GPT-2 {v}", gpt_results, skipped, bar, budget)
+    _consume(e2e.diffusion_runs(bert, ec, device, backends), n_diff, "DiffusionBERT", diffusion, skipped, bar,
+             budget)
+    del bert
+    for v in rest:
+        _consume(e2e.gpt_runs(gpt, ec, device, v), n_gpt, f"GPT-2 {v}", gpt_results, skipped, bar, budget)
+    for r in diffusion:
+        r["ratio_vs_gpt"] = {
+            g["variant"]: r["tokens_per_s"] / g["tokens_per_s"]
+            for g in gpt_results if g["tokens"] == r["tokens"] and g["batch"] == r["batch"]
+        }
+    return {"config": asdict(ec), "models": {"diffusionbert": bert_info, "gpt2": gpt_info},
+            "backends": backends, "diffusion": diffusion, "gpt": gpt_results, "skipped": skipped}
+
+
+def run_quality(cfg: BenchConfig, device: torch.device, checkpoint: str | None, bar: Any) -> dict:
+    if checkpoint is None:
+        return {"skipped": "no --checkpoint given (a trained model from model/ is needed for quality)"}
+    loader = quality.find_loader()
+    if isinstance(loader, str):
+        return {"skipped": loader}
+    bar.set_postfix_str("steps vs quality")
+    results = quality.run_quality(loader, checkpoint, device, cfg.quality_steps, cfg.quality_samples,
+                                  batch_size=min(cfg.quality_samples, 64))
+    bar.update(len(cfg.quality_steps))
+    return {"checkpoint": checkpoint, "results": results}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks, write the results, print the tables; returns the results dict."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}: choose from {SECTIONS}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA GPU is visible: run with --device cpu")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = config_for(args.device, quick=args.quick)
+    backends = _backends(args.backends, device)
+    out_dir = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
+    budget = Budget(args.budget_s)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    total = 0
+    if "kernels" in sections:
+        total += len(kernels.kernel_cases(cfg.kernels))
+    if "e2e" in sections:
+        ec = cfg.e2e
+        total += len(ec.tokens) * len(ec.batches) * (len(ec.steps) * len(backends) + len(ec.gpt_variants))
+    if "quality" in sections and args.checkpoint:
+        total += len(cfg.quality_steps)
+    env = report.environment(device)
+    res: dict[str, Any] = {
+        "schema": 1, "mode": cfg.mode, "command": "python -m bench " + shlex.join(argv), "started": started,
+        "environment": env, "config": cfg.as_dict(), "notes": [report.RANDOM_WEIGHTS_NOTE, *args.note],
+    }
+    bar = _bar(total, not args.no_progress)
+    try:
+        if "kernels" in sections:
+            res["kernels"] = run_kernels(cfg, device, backends, bar, budget)
+        if "e2e" in sections:
+            res["e2e"] = run_e2e(cfg, device, backends, bar, budget)
+        if "quality" in sections:
+            res["quality"] = run_quality(cfg, device, args.checkpoint, bar)
+    finally:
+        bar.close()
+    res["duration_s"] = budget.elapsed()
+    tag = report.device_tag(env)
+    if not {"kernels", "e2e"} <= set(sections):  # a partial run must not overwrite the full one
+        tag += "-" + "-".join(sections)
+    paths = report.write_results(res, out_dir, tag)
+    print(report.markdown(res, None))
+    print("results: " + ", ".join(str(p) for p in paths.values()))
+    return res
+
+
+if __name__ == "__main__":
+    main()

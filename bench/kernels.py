@@ -1,0 +1,163 @@
+"""Kernel benchmarks: each public op on each available backend, against the reference path.
+
+Cases (rows are token positions, the unit each op works on):
+
+* ``sample``: :func:`dbert_kernels.sample` on ``[rows, V]`` logits (N(0, 3^2), never zeros) in
+  fp32 / bf16, plain, top-k and top-p. Compulsory traffic: the logits once, plus the token
+  (int64) and confidence (fp32) per row.
+* ``spindle_mask``: the forward process (spindle, code form) on ``[rows / L, L]`` ids with
+  ``L = min(rows, 128)``. Traffic: ids in, ids and mask out, token info gathered per position.
+* ``topk_unmask``: confidence unmasking on the same shapes, half the positions masked.
+  Traffic: ids, candidates, confidence in, ids out.
+
+Each case is timed by :func:`bench.timing.time_calls` (median after warm-up, CUDA events on
+GPU) through the public op with ``validate=False`` where it exists, so the timing is the
+backend's work plus the op's small host-side set-up, which is what a caller pays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+import dbert_kernels as dk
+
+from .configs import KernelConfig
+from .timing import copy_bandwidth, rotation_count, time_calls
+
+__all__ = ["KernelCase", "kernel_cases", "bytes_moved", "run_kernel_case", "timed_backends"]
+
+MASK_ID = 103
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LOGIT_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One op at one size; ``dtype`` is the logits dtype (``"int64"`` for the id-only ops)."""
+
+    op: str
+    variant: str
+    rows: int
+    vocab: int
+    dtype: str
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @property
+    def shape2d(self) -> tuple[int, int]:
+        """``[B, L]`` of the id-only ops: ``L = min(rows, 128)`` positions per sentence."""
+        length = min(self.rows, 128)
+        return max(1, self.rows // length), length
+
+
+def kernel_cases(cfg: KernelConfig) -> list[KernelCase]:
+    """All cases of ``cfg``: sampling over rows x V x dtype x variant, then the id-only ops."""
+    cases = [
+        KernelCase("sample", name, rows, vocab, dtype, top_k, top_p)
+        for rows in cfg.rows
+        for vocab in cfg.vocabs
+        for dtype in cfg.dtypes
+        for name, top_k, top_p in cfg.variants
+    ]
+    for rows in cfg.rows:
+        for vocab in cfg.vocabs:
+            cases.append(KernelCase("spindle_mask", "spindle-code", rows, vocab, "int64"))
+        cases.append(KernelCase("topk_unmask", "confidence", rows, cfg.vocabs[0], "int64"))
+    return cases
+
+
+def bytes_moved(case: KernelCase) -> int:
+    """Bytes the op must read and write at least (the compulsory traffic of the case)."""
+    if case.op == "sample":
+        elem = torch.empty((), dtype=_DTYPES[case.dtype]).element_size()
+        return case.rows * case.vocab * elem + case.rows * (8 + 4)
+    batch, length = case.shape2d
+    n = batch * length
+    if case.op == "spindle_mask":
+        # ids in (8), info gathered (4), ids out (8), mask out (1); per-row base/amp (8)
+        return n * (8 + 4 + 8 + 1) + batch * 8
+    if case.op == "topk_unmask":
+        # ids (8), candidates (8), confidence (4) in; ids out (8); k per row (8)
+        return n * (8 + 8 + 4 + 8) + batch * 8
+    raise ValueError(f"unknown op {case.op!r}")
+
+
+def _make_input(case: KernelCase, device: torch.device, gen: torch.Generator) -> Any:
+    if case.op == "sample":
+        x = torch.randn(case.rows, case.vocab, device=device, generator=gen) * _LOGIT_SCALE
+        return x.to(_DTYPES[case.dtype])
+    batch, length = case.shape2d
+    ids = torch.randint(1000, case.vocab, (batch, length), device=device, generator=gen)
+    if case.op == "spindle_mask":
+        t = torch.rand(batch, device=device, generator=gen) * 1000.0
+        return ids, t.cpu()
+    masked = torch.rand(batch, length, device=device, generator=gen) < 0.5
+    candidates = torch.randint(1000, case.vocab, (batch, length), device=device, generator=gen)
+    confidence = torch.rand(batch, length, device=device, generator=gen)
+    return ids.masked_fill(masked, MASK_ID), candidates, confidence
+
+
+def _caller(case: KernelCase, device: torch.device, backend: str) -> Callable[[Any, int], Any]:
+    if case.op == "sample":
+        def call_sample(x: torch.Tensor, i: int) -> Any:
+            return dk.sample(x, top_k=case.top_k, top_p=case.top_p, seed=i, offset=i,
+                             validate=False, backend=backend)
+        return call_sample
+    if case.op == "spindle_mask":
+        gen = torch.Generator().manual_seed(0)
+        counts = torch.randint(0, 1_000_000, (case.vocab,), generator=gen)
+        info = dk.token_information(counts, "code").to(device)
+        schedule = dk.Schedule.spindle()
+
+        def call_mask(inp: tuple[torch.Tensor, torch.Tensor], i: int) -> Any:
+            ids, t = inp
+            return dk.spindle_mask(ids, t, schedule, info, mask_id=MASK_ID, protected_ids=(0, 101, 102),
+                                   seed=i, offset=i, backend=backend)
+        return call_mask
+    if case.op == "topk_unmask":
+        k = case.shape2d[1] // 4
+
+        def call_unmask(inp: tuple[torch.Tensor, ...], i: int) -> Any:
+            ids, candidates, confidence = inp
+            return dk.topk_unmask(ids, candidates, confidence, k, mask_id=MASK_ID, seed=i, offset=i,
+                                  backend=backend)
+        return call_unmask
+    raise ValueError(f"unknown op {case.op!r}")
+
+
+def timed_backends(device: torch.device) -> list[str]:
+    """Backends to time on ``device``: all available ones, but never the Triton interpreter."""
+    names = dk.available_backends(device)
+    return [n for n in names if not (n == "triton" and device.type != "cuda")]
+
+
+def run_kernel_case(
+    case: KernelCase, device: torch.device, backends: Sequence[str], cfg: KernelConfig, copy_bps: float
+) -> list[dict[str, Any]]:
+    """Time ``case`` on each backend (same rotating inputs); one result dict per backend."""
+    nbytes = bytes_moved(case)
+    gen = torch.Generator(device=device).manual_seed(1234)
+    count = rotation_count(nbytes, device)
+    inputs = [_make_input(case, device, gen) for _ in range(count)]
+    results = []
+    for backend in backends:
+        stats = time_calls(_caller(case, device, backend), inputs, device, warmup=cfg.warmup, repeats=cfg.repeats)
+        bps = nbytes / stats.median_s
+        results.append({
+            **asdict(case), "backend": backend, **stats.as_dict(), "bytes": nbytes, "rotating_inputs": count,
+            "bandwidth_GBps": bps / 1e9, "fraction_of_copy": bps / copy_bps,
+        })
+    ref = next((r for r in results if r["backend"] == "reference"), None)
+    for r in results:
+        r["speedup_vs_reference"] = ref["median_s"] / r["median_s"] if ref else None
+    del inputs
+    return results
+
+
+def measure_copy(device: torch.device, cfg: KernelConfig) -> float:
+    """The device-to-device copy bandwidth (bytes/s) of this run: the speed of light."""
+    return copy_bandwidth(device, cfg.copy_bytes, warmup=max(cfg.warmup, 2), repeats=max(cfg.repeats, 5))
