@@ -13,6 +13,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ def save_checkpoint(
             tokens = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
             (tmp / "vocab.txt").write_text("".join(f"{tok}\n" for tok, _ in tokens), encoding="utf-8")
         save_file({"counts": token_counts.to(torch.int64).contiguous().cpu()}, str(tmp / STATS_FILE))
+        _apply_umask(tmp)
         if trainer_state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
         if optimizer_state is not None:
@@ -106,6 +108,15 @@ def save_checkpoint(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _apply_umask(directory: Path) -> None:
+    """mkdtemp and safetensors create owner-only files: give the checkpoint the usual permissions."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    for item in directory.iterdir():
+        os.chmod(item, 0o666 & ~mask)
 
 
 def load_checkpoint(

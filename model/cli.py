@@ -130,8 +130,10 @@ def _load(args: argparse.Namespace) -> Any:
 
     if args.model is None:
         path = ensure_demo_model()
-        print(f"[demo model] {path}: MiniLM fine-tuned briefly on the built-in corpus (CPU demo; "
-              "pass --model for your own checkpoint)", file=sys.stderr)
+        state = path / "trainer_state.json"
+        steps = json.loads(state.read_text())["step"] if state.is_file() else "?"
+        print(f"[demo model] {path}: MiniLM fine-tuned for only {steps} steps on the built-in corpus (a CPU "
+              "demo, expect rough text; pass --model for your own checkpoint)", file=sys.stderr)
     else:
         path = Path(args.model)
         if path == demo_model_path():

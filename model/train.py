@@ -272,7 +272,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             if step % cfg.eval_every == 0:
                 validate(step)
             if cfg.sample_every and step % cfg.sample_every == 0:
-                texts = decode(tokenizer, sample_ids(model, settings, tokenizer, n=2, steps=32, seed=cfg.seed, progress=False), settings)
+                texts = decode(tokenizer, sample_ids(model, settings, tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed, progress=False), settings)
                 for text in texts:
                     bar.write(f"  sample: {text}")
             if step % cfg.save_every == 0:
