@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device)
     t.add_argument("--backend", default=d.backend)
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision, for GPUs)")
     t.add_argument("--no-resume", action="store_true", help="refuse to continue an existing checkpoint")
     t.add_argument("--no-progress", action="store_true")
 

@@ -42,6 +42,7 @@ class TrainConfig:
     Diffusion: the fields of :class:`~dbert_model.settings.DiffusionSettings`.
     Data: ``data`` is ``"builtin"`` or a path (see :func:`dbert_model.data.load_corpus`);
     ``max_train_sentences`` caps the training split (None: all).
+    ``bf16``: bfloat16 autocast for the forward pass (weights and optimizer stay float32).
     Stopping: ``max_steps`` sets the length (and the learning-rate schedule); ``stop_after`` (a
     step) or ``max_minutes`` end this call early with a checkpoint that a later call resumes.
     """
@@ -74,6 +75,7 @@ class TrainConfig:
     max_train_sentences: int | None = None
     seed: int = 0
     device: str = "auto"
+    bf16: bool = False
     backend: str = "auto"
     resume: bool = True
     progress: bool = True
@@ -293,7 +295,8 @@ def _step(
     """One optimiser step; returns (loss, mean CE over masked positions)."""
     from .losses import diffusion_loss
 
-    out = diffusion_loss(model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend)
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):  # mixed precision (GPU)
+        out = diffusion_loss(model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend)
     if not torch.isfinite(out.loss):
         raise FloatingPointError(f"the loss is not finite at step {step}: lower the learning rate (--lr)")
     optimizer.zero_grad(set_to_none=True)

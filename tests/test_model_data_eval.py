@@ -86,3 +86,19 @@ def test_elbo_perplexity_is_exp_of_nats_per_word() -> None:
     # an untrained model is close to uniform over V: about log V nats per scored token
     assert 0.5 * math.log(64) < res["nelbo_per_sentence"] / MAX_LEN < 2 * math.log(64)
     assert torch.isfinite(torch.tensor(res["perplexity"]))
+
+
+def test_saved_datasets_dataset(tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    lines = [f"Sentence number {i} is a line of the corpus." for i in range(300)]
+    datasets.Dataset.from_dict({"text": lines}).save_to_disk(str(tmp_path / "single"))
+    single = load_corpus(tmp_path / "single")
+    assert sorted(single.train + single.valid + single.test) == sorted(lines)
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": lines[:200]}),
+        "validation": datasets.Dataset.from_dict({"text": lines[200:250]}),
+        "test": datasets.Dataset.from_dict({"text": lines[250:]}),
+    })
+    dd.save_to_disk(str(tmp_path / "dict"))
+    split = load_corpus(tmp_path / "dict")
+    assert split.train == lines[:200] and split.valid == lines[200:250] and split.test == lines[250:]

@@ -58,9 +58,11 @@ def test_init_model_with_another_vocabulary_is_refused(tmp_path) -> None:
         train(_config(tmp_path / "c", init="minilm"), log=_quiet)
 
 
-@pytest.mark.parametrize("design,loss", [("lte", "mdlm"), ("pte", "d3pm")])
-def test_time_designs_and_losses_train_end_to_end(tmp_path, design: str, loss: str) -> None:
-    result = train(_config(tmp_path / design, time_design=design, loss=loss, schedule="d3pm", max_steps=4), log=_quiet)
+@pytest.mark.parametrize("design,loss,bf16", [("lte", "mdlm", False), ("pte", "d3pm", True)])
+def test_time_designs_and_losses_train_end_to_end(tmp_path, design: str, loss: str, bf16: bool) -> None:
+    cfg = _config(tmp_path / design, time_design=design, loss=loss, schedule="d3pm", max_steps=4, bf16=bf16)
+    result = train(cfg, log=_quiet)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
     assert result.validation and result.validation[-1]["perplexity"] > 1
     assert load_checkpoint(tmp_path / design).model.time_design == design
 
