@@ -1,0 +1,225 @@
+"""The ``dbert`` command: ``dbert train``, ``dbert generate``, ``dbert eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+_TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (when the names differ)
+    "lambda": "spindle_lambda", "steps": "max_steps", "minutes": "max_minutes", "warmup": "warmup_steps",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive_int, default=64, help="denoising steps (default 64)")
+    p.add_argument("--strategy", choices=("posterior", "topk"), default="posterior",
+                   help="posterior: DiffusionBERT's absorbing posterior; topk: confidence-based unmasking")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=30, help="top-k filter (paper: 30; 0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus filter in (0, 1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--backend", default="auto", help="sampling-op backend: auto, reference, triton, native")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .settings import LOSSES, SCHEDULES, TIME_DESIGNS
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="dbert", description="DiffusionBERT: train, generate, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train or resume a DiffusionBERT",
+                       description="Train a DiffusionBERT (resumes when --out holds a checkpoint).")
+    t.add_argument("--out", default=d.out, help=f"checkpoint directory (default {d.out})")
+    t.add_argument("--data", default=d.data, help="'builtin' or a corpus path (text file, dir with train.txt, saved dataset)")
+    t.add_argument("--init", default=d.init, help="minilm (pretrained), scratch, tiny, bert-base, or a local model dir")
+    t.add_argument("--tokenizer", default=None, help="tokenizer dir or vocab.txt (default: the init model's / MiniLM's)")
+    t.add_argument("--time-design", choices=TIME_DESIGNS, default=d.time_design)
+    t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    t.add_argument("--T", type=float, default=d.T, help="diffusion steps of the forward process")
+    t.add_argument("--lambda", type=float, default=d.spindle_lambda, help="spindle amplitude lambda")
+    t.add_argument("--spindle-form", choices=("code", "paper"), default=d.spindle_form)
+    t.add_argument("--loss", choices=LOSSES, default=d.loss)
+    t.add_argument("--hybrid-lambda", type=float, default=d.hybrid_lambda)
+    t.add_argument("--max-len", type=int, default=d.max_len)
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--warmup", type=int, default=d.warmup_steps)
+    t.add_argument("--steps", type=_positive_int, default=d.max_steps, help="total optimiser steps")
+    t.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
+    t.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    t.add_argument("--eval-every", type=_positive_int, default=d.eval_every)
+    t.add_argument("--eval-sentences", type=_positive_int, default=d.eval_sentences)
+    t.add_argument("--save-every", type=_positive_int, default=d.save_every)
+    t.add_argument("--log-every", type=_positive_int, default=d.log_every)
+    t.add_argument("--sample-every", type=int, default=0, help="print 2 samples every N steps (0: never)")
+    t.add_argument("--max-train-sentences", type=_positive_int, default=None)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--device", default=d.device)
+    t.add_argument("--backend", default=d.backend)
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision, for GPUs)")
+    t.add_argument("--no-resume", action="store_true", help="refuse to continue an existing checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+
+    g = sub.add_parser("generate", help="sample sentences",
+                       description="Generate sentences from all-[MASK]. Without --model, uses (and on first use "
+                       "trains, a few CPU minutes) a small demo model fine-tuned from MiniLM.")
+    g.add_argument("--model", default=None, help="checkpoint directory (default: the cached demo model)")
+    g.add_argument("-n", "--num", type=_positive_int, default=4, help="number of sentences")
+    g.add_argument("--seq-len", type=_positive_int, default=None, help="length incl. [CLS] (default: training length)")
+    g.add_argument("--tokenizer", default=None, help="check / use this tokenizer (must match the checkpoint)")
+    g.add_argument("--show-ids", action="store_true", help="also print the token ids")
+    g.add_argument("--no-progress", action="store_true")
+    _add_sampling(g)
+
+    e = sub.add_parser("eval", help="ELBO perplexity, BLEU-4 and Self-BLEU",
+                       description="Evaluate a checkpoint: ELBO perplexity per word on held-out data, BLEU-4 of "
+                       "samples against the test set, Self-BLEU among samples.")
+    e.add_argument("--model", default=None, help="checkpoint directory (default: the cached demo model)")
+    e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on)")
+    e.add_argument("--split", choices=("valid", "test"), default="test")
+    e.add_argument("--elbo-samples", type=_positive_int, default=1, help="Monte Carlo (t, mask) draws per sentence")
+    e.add_argument("--max-sentences", type=_positive_int, default=None, help="evaluate on the first N sentences")
+    e.add_argument("--batch-size", type=_positive_int, default=32)
+    e.add_argument("--samples", type=int, default=64, help="generated sentences for BLEU / Self-BLEU (0: skip)")
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
+    e.add_argument("--no-progress", action="store_true")
+    _add_sampling(e)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    known = {f.name for f in fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        name = _TRAIN_FLAGS.get(key, key)
+        if name in known:
+            values[name] = value
+    values["resume"] = not args.no_resume
+    values["progress"] = not args.no_progress
+    if args.no_resume and Path(args.out, "dbert.json").is_file():
+        raise ValueError(f"{args.out} already holds a checkpoint and --no-resume was given: choose another --out")
+    result = train(TrainConfig(**values))
+    print(f"done: {result.steps} steps, checkpoint {result.path}")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .checkpoint import load_checkpoint
+    from .demo import demo_model_path, ensure_demo_model
+    from .tokenizer import load_tokenizer
+    from .train import resolve_device
+
+    if args.model is None:
+        path = ensure_demo_model()
+        state = path / "trainer_state.json"
+        steps = json.loads(state.read_text())["step"] if state.is_file() else "?"
+        print(f"[demo model] {path}: MiniLM fine-tuned for only {steps} steps on the built-in corpus (a CPU "
+              "demo, expect rough text; pass --model for your own checkpoint)", file=sys.stderr)
+    else:
+        path = Path(args.model)
+        if path == demo_model_path():
+            ensure_demo_model()
+    tokenizer = load_tokenizer(args.tokenizer) if getattr(args, "tokenizer", None) else None
+    return load_checkpoint(path, device=resolve_device(args.device), tokenizer=tokenizer)
+
+
+def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str]]:
+    from .generation import decode, sample_ids
+
+    ids = sample_ids(
+        loaded.model, loaded.settings, loaded.tokenizer, n=n, steps=args.steps, seq_len=getattr(args, "seq_len", None),
+        strategy=args.strategy, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+        seed=args.seed, progress=not args.no_progress, backend=args.backend,
+    )
+    return ids, decode(loaded.tokenizer, ids, loaded.settings)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    loaded = _load(args)
+    start = time.perf_counter()
+    ids, texts = _sample(loaded, args, args.num)
+    elapsed = time.perf_counter() - start
+    for i, text in enumerate(texts):
+        print(f"[{i}] {text}")
+        if args.show_ids:
+            print(f"    ids: {ids[i].tolist()}")
+    print(f"({args.num} x {ids.shape[1]} tokens, {args.steps} steps, {elapsed:.2f} s)", file=sys.stderr)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .data import encode, load_corpus
+    from .evaluate import bleu4, elbo_perplexity, normalise_references, self_bleu
+
+    loaded = _load(args)
+    data = args.data
+    state = loaded.path / "trainer_state.json"
+    if data is None:
+        data = json.loads(state.read_text())["config"]["data"] if state.is_file() else "builtin"
+    corpus = load_corpus(data)
+    sentences = getattr(corpus, args.split)
+    if args.max_sentences:
+        sentences = sentences[: args.max_sentences]
+    split = encode(loaded.tokenizer, sentences, loaded.settings.max_len)
+    info = loaded.token_info().to(next(loaded.model.parameters()).device)
+    results: dict[str, Any] = {"model": str(loaded.path), "data": data, "split": args.split}
+    results.update(elbo_perplexity(
+        loaded.model, loaded.settings, info, split, samples=args.elbo_samples, batch_size=args.batch_size,
+        seed=args.seed, progress=not args.no_progress, backend=args.backend,
+    ))
+    if args.samples:
+        if args.samples < 2:
+            raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
+        _, texts = _sample(loaded, args, args.samples)
+        refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
+        results.update({"samples": args.samples, "steps": args.steps, "bleu4": bleu4(texts, refs),
+                        "self_bleu4": self_bleu(texts), "example": texts[:3]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"model {results['model']} on {data} ({args.split}, {int(results['sentences'])} sentences)")
+    print(f"  NELBO        {results['nelbo_per_sentence']:.2f} nats/sentence, {results['nats_per_word']:.3f} nats/word")
+    print(f"  perplexity   <= {results['perplexity']:.2f} (ELBO bound, per word)")
+    if args.samples:
+        print(f"  BLEU-4       {results['bleu4']:.4f} ({args.samples} samples vs the {args.split} set, {args.steps} steps)")
+        print(f"  Self-BLEU-4  {results['self_bleu4']:.4f}")
+        for text in results["example"]:
+            print(f"  sample: {text}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dbert`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        {"train": _train, "generate": _generate, "eval": _eval}[args.command](args)
+    except (FileNotFoundError, ValueError, ImportError, FloatingPointError, TypeError) as exc:
+        print(f"dbert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

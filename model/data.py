@@ -1,0 +1,270 @@
+"""Corpora: the built-in English corpus, user corpora, deterministic splits, tokenisation.
+
+Built-in corpus (``"builtin"``): built at first use into ``<cache>/corpus-v1`` from files that
+the ``gensim`` wheel ships in ``gensim/test/test_data`` (no download besides ``pip install``):
+
+* the Lee corpus (``lee_background.cor`` + ``lee.cor``): ABC (Australian Broadcasting
+  Corporation) news articles, 2001 - modern news sentences, the closest to One Billion Word;
+* a Wikipedia sample (``enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``,
+  106 articles, CC BY-SA 3.0), markup stripped with ``gensim.corpora.wikicorpus.filter_wiki``.
+
+Text is split into sentences with a simple rule (``. ! ?`` followed by a capital), filtered to
+well-formed sentences of 6 to 40 words, de-duplicated, and split into train / valid / test by a
+hash of each sentence (stable across runs, machines and Python versions). See docs/data.md.
+
+A user corpus is a path: a text file (one sentence per line; split by hash), a directory with
+``train.txt`` (+ ``valid.txt``, ``test.txt``), or a ``datasets`` dataset saved with
+``save_to_disk`` (column ``text``).
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CorpusSplits",
+    "EncodedSplit",
+    "cache_dir",
+    "prepare_builtin_corpus",
+    "load_corpus",
+    "split_by_hash",
+    "split_sentences",
+    "encode",
+    "token_counts",
+]
+
+CORPUS_VERSION = "corpus-v1"
+SPLITS = ("train", "valid", "test")
+_WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_LEE_FILES = ("lee_background.cor", "lee.cor")
+_BAD_CHARS = re.compile(r"[|{}\[\]<>=_\\/#*~^@]")
+_STRAY_PUNCT = re.compile(r"\s[.,;:)]|\(\s|,,|\.\.")  # left-overs of stripped templates
+_ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Gen|Col|Lt|Sgt|Capt|Gov|Sen|Rep|Rev|vs|No|U\.S|[A-Z])\.$")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(]?[A-Z])")
+
+
+def cache_dir() -> Path:
+    """``$DBERT_CACHE`` or ``~/.cache/dbert-kernels``."""
+    return Path(os.environ.get("DBERT_CACHE", Path.home() / ".cache" / "dbert-kernels"))
+
+
+@dataclass
+class CorpusSplits:
+    """Sentences of the three splits."""
+
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+    source: str = ""
+
+
+@dataclass
+class EncodedSplit:
+    """Tokenised sentences: ``ids`` ``[N, L]`` int64 as ``[CLS] x [SEP] [PAD]...``; ``words`` ``[N]``
+    whitespace word counts of the original sentences (for perplexity per word)."""
+
+    ids: torch.Tensor
+    words: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split running text into sentences (``. ! ?`` then a capital; not after Mr. Dr. etc.)."""
+    text = re.sub(r"\s+", " ", text).strip()
+    out: list[str] = []
+    for piece in (s.strip() for s in _SENTENCE_END.split(text)):
+        if not piece:
+            continue
+        if out and _ABBREVIATION.search(out[-1]):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
+
+
+def _well_formed(sentence: str) -> bool:
+    words = sentence.split()
+    if not 6 <= len(words) <= 40 or _BAD_CHARS.search(sentence) or _STRAY_PUNCT.search(sentence):
+        return False
+    if not sentence[0].isupper() or sentence[-1] not in ".!?\"'":
+        return False
+    letters = sum(c.isalpha() for c in sentence)
+    return letters >= 0.7 * len(sentence.replace(" ", ""))
+
+
+def _wiki_paragraphs(path: Path) -> Iterable[str]:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    with bz2.open(path) as handle:
+        for _title, text, _pid in extract_pages(handle):
+            if not text or text.lstrip().lower().startswith("#redirect"):
+                continue
+            for line in filter_wiki(text).splitlines():
+                line = line.replace("'''", "").replace("''", "").strip()
+                if line and not line.startswith(("=", "*", "|", "!", ":", ";", "{")):
+                    yield re.sub(r"\(\s*[,;]?\s*\)", "", line)
+
+
+def _gensim_test_data() -> Path:
+    try:
+        import gensim
+    except ImportError as exc:
+        raise ImportError(
+            "the built-in corpus is read from files that the gensim wheel ships: `pip install gensim` "
+            "(or pass your own corpus: --data path/to/sentences.txt)"
+        ) from exc
+    return Path(gensim.__file__).parent / "test" / "test_data"
+
+
+def builtin_sentences() -> list[tuple[str, str]]:
+    """``(source, sentence)`` pairs of the built-in corpus, in file order, well-formed only."""
+    root = _gensim_test_data()
+    out: list[tuple[str, str]] = []
+    for name in _LEE_FILES:
+        for line in (root / name).read_text(encoding="utf-8", errors="replace").splitlines():
+            out.extend(("lee", s) for s in split_sentences(line) if _well_formed(s))
+    for paragraph in _wiki_paragraphs(root / _WIKI_FILE):
+        out.extend(("wiki", s) for s in split_sentences(paragraph) if _well_formed(s))
+    return out
+
+
+def _bucket(sentence: str) -> int:
+    return int.from_bytes(hashlib.sha1(sentence.encode("utf-8")).digest()[:4], "big") % 1000
+
+
+def split_by_hash(sentences: Iterable[str], valid_per_mille: int = 50, test_per_mille: int = 50) -> CorpusSplits:
+    """De-duplicate and split by SHA-1 of each sentence (deterministic everywhere); order kept."""
+    seen: set[str] = set()
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for sentence in sentences:
+        if sentence in seen:
+            continue
+        seen.add(sentence)
+        b = _bucket(sentence)
+        name = "test" if b < test_per_mille else "valid" if b < test_per_mille + valid_per_mille else "train"
+        splits[name].append(sentence)
+    return CorpusSplits(**splits)
+
+
+def _write_lines(path: Path, lines: Sequence[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def prepare_builtin_corpus(root: str | Path | None = None, *, verbose: bool = False) -> Path:
+    """Build the built-in corpus into ``root`` (default ``<cache>/corpus-v1``) once; return the directory."""
+    root = Path(root) if root is not None else cache_dir() / CORPUS_VERSION
+    if all((root / f"{name}.txt").is_file() for name in SPLITS):
+        return root
+    if verbose:
+        print(f"building the built-in corpus (gensim's Lee news + Wikipedia sample) into {root}")
+    pairs = builtin_sentences()
+    splits = split_by_hash(s for _, s in pairs)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        _write_lines(root / f"{name}.txt", getattr(splits, name))
+    by_source: dict[str, int] = {}
+    for src, _ in pairs:
+        by_source[src] = by_source.get(src, 0) + 1
+    (root / "SOURCES.txt").write_text(
+        "Built by dbert_model.data.prepare_builtin_corpus from gensim's test data.\n"
+        f"sentences per source (before de-duplication): {by_source}\n"
+        f"train/valid/test: {len(splits.train)}/{len(splits.valid)}/{len(splits.test)}\n"
+        "Lee corpus: ABC news articles (Lee, Pincombe & Welsh 2005), as distributed with gensim (LGPL-2.1).\n"
+        "Wikipedia sample: CC BY-SA 3.0, https://en.wikipedia.org (article text by Wikipedia contributors).\n"
+    )
+    if verbose:
+        print(f"  {len(splits.train)} train / {len(splits.valid)} valid / {len(splits.test)} test sentences")
+    return root
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_corpus(source: str | Path = "builtin", *, verbose: bool = False) -> CorpusSplits:
+    """Sentences of ``source``: ``"builtin"``, a text file, a split directory or a saved dataset."""
+    if str(source) == "builtin":
+        root = prepare_builtin_corpus(verbose=verbose)
+        return CorpusSplits(*(_read_lines(root / f"{n}.txt") for n in SPLITS), source=str(root))
+    path = Path(source)
+    if path.is_file():
+        splits = split_by_hash(_read_lines(path))
+        splits.source = str(path)
+        return splits
+    if path.is_dir() and (path / "train.txt").is_file():
+        parts = {n: _read_lines(path / f"{n}.txt") if (path / f"{n}.txt").is_file() else [] for n in SPLITS}
+        if not parts["valid"] or not parts["test"]:
+            extra = split_by_hash(parts["train"])
+            parts = {
+                "train": extra.train,
+                "valid": parts["valid"] or extra.valid,
+                "test": parts["test"] or extra.test,
+            }
+        return CorpusSplits(**parts, source=str(path))
+    if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
+        return _load_saved_dataset(path)
+    raise FileNotFoundError(
+        f"corpus not found: {source!r}. Pass 'builtin', a text file with one sentence per line, a directory "
+        "with train.txt (valid.txt, test.txt), or a datasets dataset saved with save_to_disk"
+    )
+
+
+def _load_saved_dataset(path: Path) -> CorpusSplits:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError(f"{path} is a saved `datasets` dataset: `pip install datasets` to read it") from exc
+    data: Any = datasets.load_from_disk(str(path))
+
+    def texts(ds: Any) -> list[str]:
+        if "text" not in ds.column_names:
+            raise ValueError(f"dataset {path} has no 'text' column (columns: {ds.column_names})")
+        return [s.strip() for s in ds["text"] if s and s.strip()]
+
+    if isinstance(data, datasets.DatasetDict):
+        names = {"valid": ("validation", "valid"), "test": ("test",), "train": ("train",)}
+        found = {k: next((data[n] for n in v if n in data), None) for k, v in names.items()}
+        if found["train"] is None:
+            raise ValueError(f"dataset {path} has no 'train' split (splits: {list(data)})")
+        if found["valid"] is None or found["test"] is None:
+            extra = split_by_hash(texts(found["train"]))
+            return CorpusSplits(
+                extra.train,
+                texts(found["valid"]) if found["valid"] is not None else extra.valid,
+                texts(found["test"]) if found["test"] is not None else extra.test,
+                source=str(path),
+            )
+        return CorpusSplits(*(texts(found[n]) for n in SPLITS), source=str(path))
+    splits = split_by_hash(texts(data))
+    splits.source = str(path)
+    return splits
+
+
+def encode(tokenizer: Any, sentences: Sequence[str], max_len: int) -> EncodedSplit:
+    """Tokenise to ``[CLS] x [SEP]`` padded with ``[PAD]`` to ``max_len`` (longer ones are truncated)."""
+    if not sentences:
+        raise ValueError("no sentences to encode (is the corpus split empty?)")
+    enc = tokenizer(list(sentences), max_length=max_len, truncation=True, padding="max_length")
+    ids = torch.tensor(enc["input_ids"], dtype=torch.int64)
+    words = torch.tensor([len(s.split()) for s in sentences], dtype=torch.int64)
+    return EncodedSplit(ids=ids, words=words)
+
+
+def token_counts(ids: torch.Tensor, vocab_size: int, pad_id: int) -> torch.Tensor:
+    """``[V]`` int64 token counts of a split (padding not counted, so ``[PAD]`` gets count 0)."""
+    flat = ids.reshape(-1)
+    counts = torch.bincount(flat[flat != pad_id], minlength=vocab_size)
+    if counts.numel() != vocab_size:
+        raise ValueError(f"token ids exceed the vocabulary size {vocab_size}")
+    return counts.to(torch.int64)

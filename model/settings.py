@@ -1,0 +1,114 @@
+"""The diffusion settings saved with every checkpoint (``dbert.json``).
+
+Everything that generation and evaluation need besides the weights and the tokenizer: the time
+design, the noise schedule, the loss, the sequence length and the vocabulary fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from dbert_kernels import Schedule
+
+__all__ = ["DiffusionSettings", "TIME_DESIGNS", "LOSSES", "SCHEDULES", "schedule_from_name"]
+
+#: Time-step designs of the paper: time-agnostic, layer-wise time embedding, prefix time token.
+TIME_DESIGNS = ("tad", "lte", "pte")
+#: Training objectives: D3PM hybrid loss (discrete time) and the continuous-time MDLM ELBO.
+LOSSES = ("d3pm", "mdlm")
+#: Named schedules accepted by the CLI and :func:`schedule_from_name`.
+SCHEDULES = ("spindle", "d3pm", "cosine")
+
+SETTINGS_FILE = "dbert.json"
+FORMAT_VERSION = 1
+
+
+def schedule_from_name(
+    name: str, *, T: float = 1000.0, spindle_lambda: float = 0.3, spindle_form: str = "code"
+) -> Schedule:
+    """``"spindle"`` (linear base + spindle term), ``"d3pm"`` (linear) or ``"cosine"``."""
+    if name == "spindle":
+        if spindle_lambda <= 0:
+            raise ValueError("the spindle schedule needs spindle_lambda > 0 (use 'd3pm' for lambda = 0)")
+        return Schedule(T=T, base="linear", spindle_lambda=spindle_lambda, spindle_form=spindle_form)
+    if name == "d3pm":
+        return Schedule(T=T, base="linear")
+    if name == "cosine":
+        return Schedule(T=T, base="cosine")
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+
+
+@dataclass
+class DiffusionSettings:
+    """Diffusion hyper-parameters of a model (JSON-serialisable).
+
+    Attributes:
+        time_design: ``"tad"`` (no time input), ``"lte"`` or ``"pte"``.
+        schedule: ``"spindle"``, ``"d3pm"`` or ``"cosine"``.
+        T: number of diffusion steps of the forward process (an integer for the D3PM loss).
+        spindle_lambda, spindle_form: the spindle term (ignored unless ``schedule="spindle"``).
+        loss: ``"d3pm"`` (hybrid: KL + hybrid_lambda * CE) or ``"mdlm"`` (continuous-time ELBO).
+        hybrid_lambda: weight of the auxiliary cross-entropy on masked positions.
+        max_len: sequence length including ``[CLS]`` and ``[SEP]`` (sentences are padded to it).
+        vocab_size, vocab_sha256: the tokenizer's vocabulary (checked on load).
+        special_ids: ``cls``, ``sep``, ``pad``, ``mask``, ``unk`` ids of the tokenizer.
+    """
+
+    time_design: Literal["tad", "lte", "pte"] = "tad"
+    schedule: Literal["spindle", "d3pm", "cosine"] = "spindle"
+    T: float = 1000.0
+    spindle_lambda: float = 0.3
+    spindle_form: Literal["code", "paper"] = "code"
+    loss: Literal["d3pm", "mdlm"] = "d3pm"
+    hybrid_lambda: float = 0.01
+    max_len: int = 64
+    vocab_size: int = 0
+    vocab_sha256: str = ""
+    special_ids: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.time_design not in TIME_DESIGNS:
+            raise ValueError(f"time_design must be one of {TIME_DESIGNS}, got {self.time_design!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "d3pm" and float(self.T) != int(self.T):
+            raise ValueError(f"the D3PM loss needs an integer number of steps T, got {self.T}")
+        if not (isinstance(self.max_len, int) and self.max_len >= 3):
+            raise ValueError(f"max_len must be an int >= 3 ([CLS] x [SEP]), got {self.max_len!r}")
+        if self.hybrid_lambda < 0:
+            raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
+        self.build_schedule()  # validates the schedule fields
+
+    def build_schedule(self) -> Schedule:
+        """The :class:`dbert_kernels.Schedule` of these settings."""
+        return schedule_from_name(
+            self.schedule, T=float(self.T), spindle_lambda=self.spindle_lambda, spindle_form=self.spindle_form
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DiffusionSettings:
+        known = {f.name for f in fields(cls)}
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"settings format version {version} is newer than this dbert ({FORMAT_VERSION}): upgrade dbert-kernels"
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, SETTINGS_FILE).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DiffusionSettings:
+        path = Path(directory, SETTINGS_FILE)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a dbert checkpoint (no {SETTINGS_FILE}); train one with `dbert train`"
+            )
+        return cls.from_json(json.loads(path.read_text()))

@@ -1,0 +1,53 @@
+"""The dbert command: help, train -> generate -> eval on the tiny fixture, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dbert_model.cli import main
+
+from .model_fixtures import CORPUS, VOCAB
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "eval"])
+def test_help(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0 and f"usage: dbert {command}" in capsys.readouterr().out
+
+
+def test_train_generate_eval(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--data", str(CORPUS), "--tokenizer", str(VOCAB), "--init", "tiny",
+            "--max-len", "16", "--batch-size", "16", "--steps", "6", "--eval-every", "3", "--eval-sentences", "8",
+            "--log-every", "3", "--lr", "3e-3", "--warmup", "1", "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "step     3  loss" in text and "valid @ 6" in text and "done: 6 steps" in text
+    assert main(["generate", "--model", str(out), "-n", "3", "--steps", "4", "--no-progress", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert main(["generate", "--model", str(out), "-n", "3", "--steps", "4", "--no-progress", "--seed", "1"]) == 0
+    lines = first.strip().splitlines()
+    assert capsys.readouterr().out == first and len(lines) == 3 and lines[0].startswith("[0] ")
+    assert main(["eval", "--model", str(out), "--steps", "4", "--samples", "4", "--no-progress", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["data"] == str(CORPUS) and res["perplexity"] > 1 and 0 <= res["bleu4"] <= 1 and 0 <= res["self_bleu4"] <= 1
+    # resuming with another time design is refused with a message, not a traceback
+    assert main([*args[:-1], "--time-design", "lte", "--steps", "8", "--no-progress"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_clear_errors(tmp_path, capsys) -> None:
+    assert main(["generate", "--model", str(tmp_path / "missing")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--steps", "0"])
+    assert exc.value.code == 2 and "--steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--time-design", "sideways"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "none"), "--init", "tiny",
+                 "--tokenizer", str(VOCAB), "--no-progress"]) == 2
+    assert "corpus not found" in capsys.readouterr().err
