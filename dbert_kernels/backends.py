@@ -38,7 +38,12 @@ def _reference() -> ModuleType:
     return importlib.import_module("dbert_kernels.reference")
 
 
+def _native() -> Any:
+    return importlib.import_module("dbert_kernels.native").load()
+
+
 register_backend("reference", _reference, ("cpu", "cuda"))
+register_backend("native", _native, ("cpu",))
 
 #: Names accepted by every ``backend=`` argument.
 BACKENDS = ("auto", "reference", "triton", "native")
