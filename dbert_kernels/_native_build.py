@@ -46,7 +46,7 @@ def csrc_dir() -> Path | None:
 def _source_hash(src: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(src.iterdir()):
-        if path.suffix in (".cpp", ".h", ".txt") and path.is_file():
+        if path.suffix in (".cpp", ".h", ".inc", ".txt") and path.is_file():
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
