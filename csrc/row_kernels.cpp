@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(DBERT_NO_ISA_VARIANTS)
 #define DBERT_X86_VARIANTS 1
@@ -83,10 +85,15 @@ namespace isa_base {
 
 namespace {
 
+// The best level this CPU runs; DBERT_NATIVE_ISA=baseline|x86-64-v3|x86-64-v4 caps it (tests run
+// every level on one machine with it).
 const Kernels& pick_kernels() {
+  const char* cap = std::getenv("DBERT_NATIVE_ISA");
+  const std::string want = cap == nullptr ? "" : cap;
+  if (want == "baseline") return isa_base::kKernels;
 #if DBERT_X86_VARIANTS
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return isa_v4::kKernels;
+  if (want != "x86-64-v3" && __builtin_cpu_supports("x86-64-v4")) return isa_v4::kKernels;
   if (__builtin_cpu_supports("x86-64-v3")) return isa_v3::kKernels;
 #endif
   return isa_base::kKernels;

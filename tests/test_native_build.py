@@ -59,3 +59,36 @@ def test_native_rejects_cuda_only_requests() -> None:
     require_backend("native")
     with pytest.raises(ValueError, match="does not run on cuda"):
         resolve_backend("native", torch.device("cuda"))
+
+
+_LEVEL_PROBE = """
+import torch, dbert_kernels as dk
+from dbert_kernels import native
+print(native.build_info())
+gen = torch.Generator().manual_seed(0)
+x = torch.randn(40, 1037, generator=gen) * 3
+x[:, 5] = float("-inf")
+for kw in (dict(temperature=1.0), dict(temperature=0.0), dict(temperature=0.8, top_k=7),
+           dict(temperature=1.2, top_p=0.7), dict(temperature=1.0, top_k=600)):
+    for dtype in (torch.float32, torch.bfloat16):
+        a = dk.sample(x.to(dtype), seed=5, backend="reference", **kw)
+        b = dk.sample(x.to(dtype), seed=5, backend="native", **kw)
+        assert torch.equal(a[0], b[0]), (kw, dtype)
+        torch.testing.assert_close(a[1], b[1], rtol=2e-5, atol=1e-6)
+print("ok")
+"""
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("level", ["baseline", "x86-64-v3"])
+def test_lower_instruction_set_levels_equal_reference(level: str) -> None:
+    """The AVX2 and baseline variants of the kernels (picked on older CPUs) give the same results."""
+    require_backend("native")
+    env = dict(os.environ, DBERT_NATIVE_ISA=level)
+    out = subprocess.run([sys.executable, "-c", _LEVEL_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    info, status = out.stdout.strip().splitlines()
+    assert status == "ok"
+    if "x86" in info:  # on x86-64 the requested level (or a lower one) is the one in use
+        assert ("AVX-512" not in info) and (level != "baseline" or "baseline" in info), info
