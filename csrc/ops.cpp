@@ -3,7 +3,7 @@
 // Semantics, argument meanings and the random stream are those of dbert_kernels/reference.py;
 // the Python wrapper dbert_kernels/native.py validates nothing itself (dbert_kernels.ops does)
 // and calls these with already checked, contiguous-enough tensors. Threads run across rows
-// (at::parallel_for); each revealed row of logits is read by one thread only.
+// (parallel_rows below); each revealed row of logits is read by one thread only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -11,6 +11,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -27,6 +29,27 @@ using at::Tensor;
 
 Key make_key(int64_t seed_lo, int64_t seed_hi) {
   return {static_cast<uint32_t>(seed_lo), static_cast<uint32_t>(seed_hi)};
+}
+
+// Runs fn(i) for i in [0, n) on up to at::get_num_threads() threads (this one included), handing
+// the indices out one at a time from a shared counter, so that a thread slowed down by another
+// process on the machine does not hold up the others. Plain std::thread: at::parallel_for's
+// OpenMP body is a header template that would need this library built with -fopenmp against
+// torch's own OpenMP runtime. `work` (elements touched) below a threshold runs serially.
+// make_state() builds each thread's scratch; fn(state, i) must not throw.
+template <typename MakeState, typename Fn>
+void parallel_rows(int64_t n, int64_t work, MakeState make_state, Fn fn) {
+  constexpr int64_t kSerialWork = int64_t{1} << 18;
+  const int64_t threads = work < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), n);
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    auto state = make_state();
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(state, i);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
 }
 
 void check_cpu(const Tensor& t, const char* name) {
@@ -55,8 +78,8 @@ std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, c
   const bool* prot_p = prot.data_ptr<bool>();
   bool* out_p = masked.data_ptr<bool>();
   const Key key = make_key(seed_lo, seed_hi);
-  at::parallel_for(0, batch, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
+  parallel_rows(batch, batch * length, [] { return 0; }, [&](int&, int64_t b) {
+    {
       const int64_t* row = id_p + b * length;
       double sum_w = 0.0;
       int64_t count = 0;
@@ -162,17 +185,22 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
   auto run = [&](auto tag) {
     using scalar_t = decltype(tag);
     const scalar_t* data = x.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rev, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int32_t> idx(vocab);
-      std::vector<float> vals(vocab), work(vocab), buf(std::is_same_v<scalar_t, float> ? 0 : vocab);
-      std::vector<double> hist(kScratchHistBins);
-      const RowScratch scratch{idx.data(), vals.data(), work.data(), hist.data()};
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r = revealed[i];
-        const float* xr = row_as_float<scalar_t>(data, stride, r, vocab, buf.data());
-        status[i] = sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch,
-                               tok_p + r, conf_p + r);
-      }
+    struct Scratch {
+      std::vector<int32_t> idx;
+      std::vector<float> vals, work, buf;
+      std::vector<double> hist;
+    };
+    auto make_scratch = [&]() {
+      return Scratch{std::vector<int32_t>(vocab), std::vector<float>(vocab), std::vector<float>(vocab),
+                     std::vector<float>(std::is_same_v<scalar_t, float> ? 0 : vocab),
+                     std::vector<double>(kScratchHistBins)};
+    };
+    parallel_rows(n_rev, n_rev * vocab, make_scratch, [&](Scratch& sc, int64_t i) {
+      const RowScratch scratch{sc.idx.data(), sc.vals.data(), sc.work.data(), sc.hist.data()};
+      const int64_t r = revealed[i];
+      const float* xr = row_as_float<scalar_t>(data, stride, r, vocab, sc.buf.data());
+      status[i] = sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch, tok_p + r,
+                             conf_p + r);
     });
   };
   if (dtype == at::kFloat) {
@@ -210,10 +238,15 @@ Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& co
   const int64_t* k_p = k64.data_ptr<int64_t>();
   const Key key = make_key(seed_lo, seed_hi);
   const float gt = static_cast<float>(gumbel_temperature);
-  at::parallel_for(0, batch, 16, [&](int64_t begin, int64_t end) {
+  struct RowBuffers {
     std::vector<int64_t> pos;
-    std::vector<float> score(length);
-    for (int64_t b = begin; b < end; ++b) {
+    std::vector<float> score;
+  };
+  auto make_buffers = [&]() { return RowBuffers{{}, std::vector<float>(length)}; };
+  parallel_rows(batch, batch * length, make_buffers, [&](RowBuffers& buffers, int64_t b) {
+    std::vector<int64_t>& pos = buffers.pos;
+    std::vector<float>& score = buffers.score;
+    {
       int64_t* row = out_p + b * length;
       pos.clear();
       for (int64_t l = 0; l < length; ++l) {
@@ -228,7 +261,7 @@ Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& co
         score[l] = s;
       }
       const int64_t take = std::min<int64_t>(std::max<int64_t>(k_p[b], 0), pos.size());
-      if (take == 0) continue;
+      if (take == 0) return;
       // score descending, position ascending on ties (stable over increasing positions)
       std::stable_sort(pos.begin(), pos.end(), [&](int64_t a, int64_t c) { return score[a] > score[c]; });
       for (int64_t i = 0; i < take; ++i) row[pos[i]] = cand_p[b * length + pos[i]];
