@@ -213,8 +213,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each step measurement")
     parser.add_argument("--e2e-repeats", type=int, default=2, help="timed repeats of each generation")
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch / native threads (0: torch's default); 1 is the stable setting on a "
+                             "machine shared with other jobs")
     parser.add_argument("--out", type=Path, default=RESULTS / "native_step_cpu.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         layers, hidden, vocab, gpt_vocab, batch, length, steps = 2, 64, 4096, 4096, 2, 16, [2, 4]
         args.repeats, args.e2e_repeats = 1, 1
