@@ -39,6 +39,7 @@ def _reference() -> ModuleType:
     return importlib.import_module("dbert_kernels.reference")
 
 
+<<<<<<< HEAD
 def _triton() -> ModuleType | None:
     """The Triton backend, or None when Triton is not installed or has no device to run on."""
     try:
@@ -54,6 +55,14 @@ register_backend("reference", _reference, ("cpu", "cuda"))
 register_backend(
     "triton", _triton, ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else ("cuda",)
 )
+=======
+def _native() -> Any:
+    return importlib.import_module("dbert_kernels.native").load()
+
+
+register_backend("reference", _reference, ("cpu", "cuda"))
+register_backend("native", _native, ("cpu",))
+>>>>>>> native
 
 #: Names accepted by every ``backend=`` argument.
 BACKENDS = ("auto", "reference", "triton", "native")

@@ -172,7 +172,9 @@ def sample_absorbing(
         if row_index.shape[0] != n_rows or (row_index.numel() and int(row_index.min()) < 0):
             raise ValueError(f"row_index must be [{n_rows}] non-negative ints")
         row_index = row_index.to(device=device, dtype=torch.int64)
-    if validate:
+    _, impl = resolve_backend(backend, device)
+    # A backend that checks each row while it reads it (CHECKS_LOGITS) needs no extra pass here.
+    if validate and not getattr(impl, "CHECKS_LOGITS", False):
         read = None if ids is None else ids == mask_id
         check_finite_rows(logits, read)
         rows_x = logits if read is None else logits[read]
@@ -182,7 +184,6 @@ def sample_absorbing(
                 raise ValueError(
                     "a row has no token with a finite logit outside banned_ids: nothing can be sampled"
                 )
-    _, impl = resolve_backend(backend, device)
     return impl.sample(
         logits, ids, prob, banned, row_index, -1 if mask_id is None else mask_id,
         float(temperature), top_k, None if top_p is None else float(top_p), seed, offset,

@@ -1,0 +1,297 @@
+// The three ops of dbert_kernels as PyTorch custom ops for CPU tensors (namespace dbert_native).
+//
+// Semantics, argument meanings and the random stream are those of dbert_kernels/reference.py;
+// the Python wrapper dbert_kernels/native.py validates nothing itself (dbert_kernels.ops does)
+// and calls these with already checked, contiguous-enough tensors. Threads run across rows
+// (parallel_rows below); each revealed row of logits is read by one thread only.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "philox.h"
+#include "row_kernels.h"
+
+namespace dbert_native {
+namespace {
+
+using at::Tensor;
+
+Key make_key(int64_t seed_lo, int64_t seed_hi) {
+  return {static_cast<uint32_t>(seed_lo), static_cast<uint32_t>(seed_hi)};
+}
+
+// Runs fn(i) for i in [0, n) on up to at::get_num_threads() threads (this one included), handing
+// the indices out one at a time from a shared counter, so that a thread slowed down by another
+// process on the machine does not hold up the others. Plain std::thread: at::parallel_for's
+// OpenMP body is a header template that would need this library built with -fopenmp against
+// torch's own OpenMP runtime. `work` (elements touched) below a threshold runs serially.
+// make_state() builds each thread's scratch; fn(state, i) must not throw.
+template <typename MakeState, typename Fn>
+void parallel_rows(int64_t n, int64_t work, MakeState make_state, Fn fn) {
+  constexpr int64_t kSerialWork = int64_t{1} << 18;
+  const int64_t threads = work < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), n);
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    auto state = make_state();
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(state, i);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "dbert_native: ", name, " must be a CPU tensor (got ", t.device(),
+              "); use backend='auto' or 'triton' for CUDA tensors");
+}
+
+std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, const Tensor& amp,
+                                        const Tensor& info, const Tensor& protected_ids,
+                                        int64_t form, int64_t mask_id, int64_t seed_lo,
+                                        int64_t seed_hi, int64_t offset) {
+  for (const Tensor* t : {&ids, &base, &amp, &info, &protected_ids}) check_cpu(*t, "every input");
+  TORCH_CHECK(ids.dim() == 2, "dbert_native.spindle_mask: ids must be [B, L]");
+  TORCH_CHECK(form >= 0 && form <= 2, "dbert_native.spindle_mask: form must be 0 (none), 1 (code), 2 (paper)");
+  const Tensor ids64 = ids.to(at::kLong).contiguous();
+  const Tensor base_f = base.to(at::kFloat).contiguous();
+  const Tensor amp_f = amp.to(at::kFloat).contiguous();
+  const Tensor info_f = info.to(at::kFloat).contiguous();
+  const Tensor prot = protected_ids.to(at::kBool).contiguous();
+  const int64_t batch = ids.size(0), length = ids.size(1);
+  Tensor masked = at::zeros({batch, length}, ids.options().dtype(at::kBool));
+  const int64_t* id_p = ids64.data_ptr<int64_t>();
+  const float* base_p = base_f.data_ptr<float>();
+  const float* amp_p = amp_f.data_ptr<float>();
+  const float* info_p = info_f.data_ptr<float>();
+  const bool* prot_p = prot.data_ptr<bool>();
+  bool* out_p = masked.data_ptr<bool>();
+  const Key key = make_key(seed_lo, seed_hi);
+  parallel_rows(batch, batch * length, [] { return 0; }, [&](int&, int64_t b) {
+    {
+      const int64_t* row = id_p + b * length;
+      double sum_w = 0.0;
+      int64_t count = 0;
+      for (int64_t l = 0; l < length; ++l) {
+        if (!prot_p[row[l]]) {
+          sum_w += info_p[row[l]];
+          ++count;
+        }
+      }
+      const float mean = static_cast<float>(sum_w) / static_cast<float>(std::max<int64_t>(count, 1));
+      const float bs = base_p[b], am = amp_p[b];
+      for (int64_t l = 0; l < length; ++l) {
+        if (prot_p[row[l]]) continue;
+        const float w = info_p[row[l]];
+        float keep = bs;
+        if (form == 1) {
+          keep = std::min(std::max(bs + am * (w - mean), 0.0f), 0.999f);
+        } else if (form == 2) {
+          keep = std::min(std::max(bs - am * (1.0f - mean / w), 0.0f), 1.0f);
+        }
+        const Words wd = philox(key, static_cast<uint32_t>(l), static_cast<uint32_t>(b), kStreamMask,
+                                static_cast<uint32_t>(offset));
+        out_p[b * length + l] = uniform_from_bits(wd.w0) >= keep;
+      }
+    }
+  });
+  Tensor noised = at::where(masked, at::full_like(ids, mask_id), ids);
+  return {noised, masked};
+}
+
+// Logits row r as float32: a pointer into the tensor (fp32) or a converted copy in `buf`.
+template <typename scalar_t>
+const float* row_as_float(const scalar_t* data, int64_t stride, int64_t r, int64_t vocab, float* buf) {
+  const scalar_t* src = data + r * stride;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return src;
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    bf16_to_float(reinterpret_cast<const uint16_t*>(src), buf, vocab);
+    return buf;
+  } else {
+    for (int64_t j = 0; j < vocab; ++j) buf[j] = static_cast<float>(src[j]);
+    return buf;
+  }
+}
+
+std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tensor>& ids,
+                                  const Tensor& unmask_prob, const Tensor& banned,
+                                  const Tensor& row_index, int64_t mask_id, double temperature,
+                                  int64_t top_k, double top_p, int64_t seed_lo, int64_t seed_hi,
+                                  int64_t offset) {
+  check_cpu(logits, "logits");
+  TORCH_CHECK(logits.dim() == 2, "dbert_native.sample: logits must be [R, V]");
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "dbert_native.sample: logits must be float32, bfloat16 or float16");
+  const int64_t n_rows = logits.size(0), vocab = logits.size(1);
+  TORCH_CHECK(vocab < (int64_t{1} << 31), "dbert_native.sample: vocabulary too large");
+  TORCH_CHECK(banned.numel() == vocab && unmask_prob.numel() == n_rows && row_index.numel() == n_rows,
+              "dbert_native.sample: banned must be [V], unmask_prob and row_index [R]");
+  const Tensor x = logits.size(1) > 1 && logits.stride(1) != 1 ? logits.contiguous() : logits;
+  const int64_t stride = x.stride(0);
+  const Tensor prob = unmask_prob.to(at::kFloat).contiguous();
+  const Tensor ban = banned.to(at::kBool).contiguous();
+  const Tensor rows = row_index.to(at::kLong).contiguous();
+
+  Tensor tokens, conf;
+  if (ids.has_value()) {
+    check_cpu(*ids, "ids");
+    tokens = ids->to(at::kLong).contiguous().clone();
+  } else {
+    tokens = at::full({n_rows}, mask_id, logits.options().dtype(at::kLong));
+  }
+  int64_t* tok_p = tokens.data_ptr<int64_t>();
+  conf = at::empty({n_rows}, logits.options().dtype(at::kFloat));
+  float* conf_p = conf.data_ptr<float>();
+  const float* prob_p = prob.data_ptr<float>();
+  const int64_t* row_p = rows.data_ptr<int64_t>();
+  const Key key = make_key(seed_lo, seed_hi);
+  const uint32_t off = static_cast<uint32_t>(offset);
+
+  // The absorbing decision (cheap, serial), then the revealed rows in parallel.
+  std::vector<int64_t> revealed;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const bool is_masked = tok_p[r] == mask_id;
+    conf_p[r] = is_masked ? 0.0f : 1.0f;
+    if (!is_masked) continue;
+    const Words w = philox(key, 0, static_cast<uint32_t>(row_p[r]), kStreamUnmask, off);
+    if (uniform_from_bits(w.w0) < prob_p[r]) revealed.push_back(r);
+  }
+  if (revealed.empty()) return {tokens, conf};
+
+  SampleParams params;
+  params.greedy = temperature <= 0.0;
+  params.inv_t = static_cast<float>(1.0 / (params.greedy ? 1.0 : temperature));
+  params.top_k = top_k;
+  params.top_p = static_cast<float>(top_p);
+  params.key = key;
+  params.offset = off;
+  const uint8_t* ban_p = reinterpret_cast<const uint8_t*>(ban.data_ptr<bool>());
+  const int64_t n_rev = static_cast<int64_t>(revealed.size());
+  std::vector<RowStatus> status(n_rev, RowStatus::kOk);
+
+  auto run = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* data = x.data_ptr<scalar_t>();
+    struct Scratch {
+      std::vector<int32_t> idx;
+      std::vector<float> vals, work, buf;
+      std::vector<double> hist;
+    };
+    auto make_scratch = [&]() {
+      return Scratch{std::vector<int32_t>(vocab), std::vector<float>(vocab), std::vector<float>(vocab),
+                     std::vector<float>(std::is_same_v<scalar_t, float> ? 0 : vocab),
+                     std::vector<double>(kScratchHistBins)};
+    };
+    parallel_rows(n_rev, n_rev * vocab, make_scratch, [&](Scratch& sc, int64_t i) {
+      const RowScratch scratch{sc.idx.data(), sc.vals.data(), sc.work.data(), sc.hist.data()};
+      const int64_t r = revealed[i];
+      const float* xr = row_as_float<scalar_t>(data, stride, r, vocab, sc.buf.data());
+      status[i] = sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch, tok_p + r,
+                             conf_p + r);
+    });
+  };
+  if (dtype == at::kFloat) {
+    run(float{});
+  } else if (dtype == at::kBFloat16) {
+    run(c10::BFloat16{});
+  } else {
+    run(c10::Half{});
+  }
+  // Rows are checked while they are read (the rows that are not revealed are never read).
+  for (int64_t i = 0; i < n_rev; ++i) {
+    TORCH_CHECK_VALUE(status[i] != RowStatus::kNonFinite, "logits row ", revealed[i],
+                      " contains NaN or +inf; only finite values and -inf (a banned token) are allowed");
+    TORCH_CHECK_VALUE(status[i] != RowStatus::kNothingAllowed,
+                      "a row has no token with a finite logit outside banned_ids: nothing can be sampled");
+  }
+  return {tokens, conf};
+}
+
+Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& confidence,
+                   const Tensor& k, int64_t mask_id, double gumbel_temperature, int64_t seed_lo,
+                   int64_t seed_hi, int64_t offset) {
+  for (const Tensor* t : {&ids, &candidates, &confidence, &k}) check_cpu(*t, "every input");
+  TORCH_CHECK(ids.dim() == 2 && candidates.sizes() == ids.sizes() && confidence.sizes() == ids.sizes(),
+              "dbert_native.topk_unmask: ids, candidates and confidence must share one [B, L] shape");
+  const int64_t batch = ids.size(0), length = ids.size(1);
+  TORCH_CHECK(k.numel() == batch, "dbert_native.topk_unmask: k must be [B]");
+  Tensor out = ids.to(at::kLong).contiguous().clone();
+  const Tensor cand = candidates.to(at::kLong).contiguous();
+  const Tensor score_in = confidence.to(at::kFloat).contiguous();
+  const Tensor k64 = k.to(at::kLong).contiguous();
+  int64_t* out_p = out.data_ptr<int64_t>();
+  const int64_t* cand_p = cand.data_ptr<int64_t>();
+  const float* conf_p = score_in.data_ptr<float>();
+  const int64_t* k_p = k64.data_ptr<int64_t>();
+  const Key key = make_key(seed_lo, seed_hi);
+  const float gt = static_cast<float>(gumbel_temperature);
+  struct RowBuffers {
+    std::vector<int64_t> pos;
+    std::vector<float> score;
+  };
+  auto make_buffers = [&]() { return RowBuffers{{}, std::vector<float>(length)}; };
+  parallel_rows(batch, batch * length, make_buffers, [&](RowBuffers& buffers, int64_t b) {
+    std::vector<int64_t>& pos = buffers.pos;
+    std::vector<float>& score = buffers.score;
+    {
+      int64_t* row = out_p + b * length;
+      pos.clear();
+      for (int64_t l = 0; l < length; ++l) {
+        if (row[l] != mask_id) continue;
+        pos.push_back(l);
+        float s = conf_p[b * length + l];
+        if (gumbel_temperature > 0.0) {
+          const float g = gumbel(key, static_cast<uint32_t>(l), static_cast<uint32_t>(b),
+                                 kStreamConfidence, static_cast<uint32_t>(offset));
+          s = logf(s) + gt * g;
+        }
+        score[l] = s;
+      }
+      const int64_t take = std::min<int64_t>(std::max<int64_t>(k_p[b], 0), pos.size());
+      if (take == 0) return;
+      // score descending, position ascending on ties (stable over increasing positions)
+      std::stable_sort(pos.begin(), pos.end(), [&](int64_t a, int64_t c) { return score[a] > score[c]; });
+      for (int64_t i = 0; i < take; ++i) row[pos[i]] = cand_p[b * length + pos[i]];
+    }
+  });
+  return out.to(ids.scalar_type());
+}
+
+std::string build_info() {
+  return std::string("dbert_native: kernels for ") + isa_level() + ", " + std::to_string(at::get_num_threads()) +
+         " threads";
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dbert_native, m) {
+  m.def("spindle_mask(Tensor ids, Tensor base, Tensor amp, Tensor info, Tensor protected_ids, int form, "
+        "int mask_id, int seed_lo, int seed_hi, int offset) -> (Tensor, Tensor)");
+  m.def("sample(Tensor logits, Tensor? ids, Tensor unmask_prob, Tensor banned, Tensor row_index, "
+        "int mask_id, float temperature, int top_k, float top_p, int seed_lo, int seed_hi, int offset) "
+        "-> (Tensor, Tensor)");
+  m.def("topk_unmask(Tensor ids, Tensor candidates, Tensor confidence, Tensor k, int mask_id, "
+        "float gumbel_temperature, int seed_lo, int seed_hi, int offset) -> Tensor");
+  m.def("build_info() -> str", &build_info);
+}
+
+TORCH_LIBRARY_IMPL(dbert_native, CPU, m) {
+  m.impl("spindle_mask", &spindle_mask);
+  m.impl("sample", &sample);
+  m.impl("topk_unmask", &topk_unmask);
+}
+
+}  // namespace dbert_native

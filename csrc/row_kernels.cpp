@@ -1,0 +1,231 @@
+// Per-row sampling kernels (see row_kernels.h). Semantics: dbert_kernels/reference.py `sample`.
+//
+// One row is read a small, fixed number of times (max; top-k threshold; the fused pass that
+// accumulates the softmax normaliser and does Gumbel-max), all in L1/L2 once it is loaded.
+// Gumbel-max needs the Philox words of every kept id, but the two logarithms of the exact Gumbel
+// value only for ids that can still beat the running best: since E = -log(1 - v) >= v, an id
+// whose uniform v already satisfies v >= exp(s_i - best) cannot win, and that bound needs only
+// exp(s_i - s_max), which the normaliser computes anyway. The exact score (same float32 operation
+// order as the reference) is computed for the few ids that pass (about log V per row).
+#include "row_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DBERT_NO_ISA_VARIANTS)
+#define DBERT_X86_VARIANTS 1
+#include <immintrin.h>
+#endif
+
+
+namespace dbert_native {
+namespace {
+
+constexpr int L = DBERT_LANES;
+constexpr float kInf = INFINITY;
+// k up to this uses a streaming min-heap for the top-k threshold, above it nth_element.
+constexpr int64_t kHeapTopK = 512;
+
+// GCC/Clang vector extensions: one value per lane of a DBERT_LANES-wide block; the compiler maps
+// them onto the registers of the level being compiled (4 x SSE2, 2 x AVX2 or 1 x AVX-512).
+typedef float f32v __attribute__((vector_size(4 * L)));
+typedef int32_t i32v __attribute__((vector_size(4 * L)));
+typedef uint32_t u32v __attribute__((vector_size(4 * L)));
+typedef uint64_t u64v __attribute__((vector_size(8 * L)));
+typedef double f64v __attribute__((vector_size(8 * L)));
+typedef uint8_t u8v __attribute__((vector_size(L)));
+
+struct ScanResult {
+  double z;       // sum of exp(s_i - s_max) over the kept ids
+  int64_t token;  // Gumbel-max token (when sampling)
+};
+
+// The hot loops of one instruction-set level.
+struct Kernels {
+  float (*row_argmax)(const float*, const uint8_t*, int64_t, int64_t*, bool*);
+  float (*kth_largest_heap)(const float*, const uint8_t*, int64_t, int64_t, float*);
+  int64_t (*gather_kept)(const float*, const uint8_t*, int64_t, float, int32_t*);
+  double (*exp_values)(const float*, const int32_t*, int64_t, float, float, float*);
+  ScanResult (*scan)(const float*, const uint8_t*, const int32_t*, int64_t, float, float, bool, Key,
+                     uint32_t, uint32_t);
+  void (*bf16_to_float)(const uint16_t*, float*, int64_t);
+};
+
+}  // namespace
+
+#if DBERT_X86_VARIANTS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+namespace isa_v4 {
+#define DBERT_ISA 4
+#include "row_kernels_impl.inc"
+#undef DBERT_ISA
+}  // namespace isa_v4
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace isa_v3 {
+#define DBERT_ISA 3
+#include "row_kernels_impl.inc"
+#undef DBERT_ISA
+}  // namespace isa_v3
+#pragma GCC pop_options
+#endif
+
+namespace isa_base {
+#define DBERT_ISA 0
+#include "row_kernels_impl.inc"
+#undef DBERT_ISA
+}  // namespace isa_base
+
+namespace {
+
+// The best level this CPU runs; DBERT_NATIVE_ISA=baseline|x86-64-v3|x86-64-v4 caps it (tests run
+// every level on one machine with it).
+const Kernels& pick_kernels() {
+  const char* cap = std::getenv("DBERT_NATIVE_ISA");
+  const std::string want = cap == nullptr ? "" : cap;
+  if (want == "baseline") return isa_base::kKernels;
+#if DBERT_X86_VARIANTS
+  __builtin_cpu_init();
+  if (want != "x86-64-v3" && __builtin_cpu_supports("x86-64-v4")) return isa_v4::kKernels;
+  if (__builtin_cpu_supports("x86-64-v3")) return isa_v3::kKernels;
+#endif
+  return isa_base::kKernels;
+}
+
+const Kernels& K = pick_kernels();
+
+float kth_largest(const float* x, const uint8_t* banned, int64_t n, int64_t k, float* work) {
+  if (k <= kHeapTopK) return K.kth_largest_heap(x, banned, n, k, work);
+  for (int64_t j = 0; j < n; ++j) work[j] = banned[j] ? -kInf : x[j];
+  std::nth_element(work, work + (k - 1), work + n, std::greater<float>());
+  return work[k - 1];
+}
+
+// Radix levels of the top-p threshold search: bins over the bit pattern of the (non-negative)
+// float weights, whose order is the order of the values.
+constexpr int kTopPBins = kScratchHistBins;
+constexpr int kTopPShift1 = 20;  // sign, exponent and 3 mantissa bits: 1/8-octave bins
+constexpr int kTopPShift2 = 9;   // 11 more mantissa bits
+constexpr uint32_t kTopPMask = kTopPBins - 1;
+
+DBERT_INLINE uint32_t float_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
+// Mass histogram of w[0..n) over bins (bits >> shift) & mask; returns the highest bin b whose
+// mass with everything above it reaches target (with above: the mass above w), or -1 if none,
+// and the mass strictly above that bin in *above.
+int boundary_bin(const float* w, int64_t n, int shift, double target, double* above, double* hist) {
+  std::fill(hist, hist + kTopPBins, 0.0);
+  for (int64_t i = 0; i < n; ++i) hist[(float_bits(w[i]) >> shift) & kTopPMask] += w[i];
+  double acc = *above;
+  for (int b = kTopPBins - 1; b >= 0; --b) {
+    if (acc + hist[b] >= target) {
+      *above = acc;
+      return b;
+    }
+    acc += hist[b];
+  }
+  return -1;
+}
+
+// The smallest kept weight of the top-p rule on unnormalised weights w[0..n) (w >= 0): w_i is
+// kept iff the sum of the weights strictly greater than w_i is < target (= top_p * sum w), so
+// "keep w_i >= threshold". Two radix-histogram passes narrow the boundary down to the ids that
+// share the top 23 bits of the boundary value, which are then sorted (usually a handful).
+float top_p_threshold(const float* w, int64_t n, double target, float* work, double* hist) {
+  double above = 0.0;
+  const int b1 = boundary_bin(w, n, kTopPShift1, target, &above, hist);
+  if (b1 < 0) return *std::min_element(w, w + n);  // (rounding) everything is kept
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    work[m] = w[i];
+    m += static_cast<int>(float_bits(w[i]) >> kTopPShift1) == b1;
+  }
+  const double above1 = above;
+  const int b2 = boundary_bin(work, m, kTopPShift2, target, &above, hist);
+  if (b2 < 0) {
+    above = above1;
+    return *std::min_element(work, work + m);
+  }
+  int64_t c = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    work[c] = work[i];
+    c += static_cast<int>((float_bits(work[i]) >> kTopPShift2) & kTopPMask) == b2;
+  }
+  std::sort(work, work + c, std::greater<float>());
+  float threshold = work[0];
+  for (int64_t i = 0; i < c;) {
+    if (!(above < target)) break;
+    threshold = work[i];
+    int64_t j = i;
+    for (; j < c && work[j] == work[i]; ++j) above += work[j];
+    i = j;
+  }
+  return threshold;
+}
+
+}  // namespace
+
+const char* isa_level() {
+#if DBERT_X86_VARIANTS
+  if (&K == &isa_v4::kKernels) return "x86-64-v4 (AVX-512)";
+  if (&K == &isa_v3::kKernels) return "x86-64-v3 (AVX2)";
+  return "x86-64 baseline";
+#else
+  return "portable";
+#endif
+}
+
+void bf16_to_float(const uint16_t* in, float* out, int64_t n) { K.bf16_to_float(in, out, n); }
+
+RowStatus sample_row(const float* x, const uint8_t* banned, int64_t vocab, const SampleParams& p,
+                     uint32_t row, RowScratch scratch, int64_t* token, float* confidence) {
+  int64_t argmax = 0;
+  bool nonfinite = false;
+  const float m = K.row_argmax(x, banned, vocab, &argmax, &nonfinite);
+  if (nonfinite || !(m > -kInf)) {
+    *token = 0;
+    *confidence = NAN;
+    return nonfinite ? RowStatus::kNonFinite : RowStatus::kNothingAllowed;
+  }
+  const float s_max = m * p.inv_t;
+  const int32_t* list = nullptr;
+  int64_t n = vocab;
+  if (p.top_k > 0 && p.top_k < vocab) {
+    const float kth = kth_largest(x, banned, vocab, p.top_k, scratch.work);
+    n = K.gather_kept(x, banned, vocab, kth, scratch.idx);
+    list = scratch.idx;
+  }
+  if (p.top_p < 1.0f) {
+    if (list == nullptr) {
+      n = K.gather_kept(x, banned, vocab, -kInf, scratch.idx);
+      list = scratch.idx;
+    }
+    const double z = K.exp_values(x, scratch.idx, n, p.inv_t, s_max, scratch.vals);
+    const float threshold = top_p_threshold(scratch.vals, n, static_cast<double>(p.top_p) * z, scratch.work, scratch.hist);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      scratch.idx[kept] = scratch.idx[i];
+      kept += scratch.vals[i] >= threshold;
+    }
+    n = kept;
+  }
+  const ScanResult res = K.scan(x, banned, list, n, p.inv_t, s_max, !p.greedy, p.key, row, p.offset);
+  const int64_t tok = p.greedy || res.token < 0 ? argmax : res.token;
+  const double log_z = static_cast<double>(s_max) + std::log(res.z);
+  *token = tok;
+  *confidence = static_cast<float>(std::exp(static_cast<double>(x[tok] * p.inv_t) - log_z));
+  return RowStatus::kOk;
+}
+
+}  // namespace dbert_native
