@@ -39,7 +39,6 @@ def _reference() -> ModuleType:
     return importlib.import_module("dbert_kernels.reference")
 
 
-<<<<<<< HEAD
 def _triton() -> ModuleType | None:
     """The Triton backend, or None when Triton is not installed or has no device to run on."""
     try:
@@ -49,20 +48,17 @@ def _triton() -> ModuleType | None:
     return module if (module.INTERPRETED or torch.cuda.is_available()) else None
 
 
-register_backend("reference", _reference, ("cpu", "cuda"))
-# The Triton kernels run on CUDA; under TRITON_INTERPRET=1 they also accept CPU tensors when asked
-# for by name (backend="triton"): "auto" never picks the interpreter, see _AUTO_ORDER.
-register_backend(
-    "triton", _triton, ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else ("cuda",)
-)
-=======
 def _native() -> Any:
     return importlib.import_module("dbert_kernels.native").load()
 
 
 register_backend("reference", _reference, ("cpu", "cuda"))
 register_backend("native", _native, ("cpu",))
->>>>>>> native
+# The Triton kernels run on CUDA; under TRITON_INTERPRET=1 they also accept CPU tensors when asked
+# for by name (backend="triton"): "auto" never picks the interpreter, see _AUTO_ORDER.
+register_backend(
+    "triton", _triton, ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else ("cuda",)
+)
 
 #: Names accepted by every ``backend=`` argument.
 BACKENDS = ("auto", "reference", "triton", "native")
