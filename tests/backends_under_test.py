@@ -18,6 +18,7 @@ from dbert_kernels import available_backends
 #: (backend name, marker) pairs; the marker selects the CTest suite that runs them.
 BACKENDS_UNDER_TEST: list[tuple[str, str]] = [
     ("native", "native"),
+    ("triton", "interpreter"),
 ]
 
 
