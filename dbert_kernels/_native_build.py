@@ -5,7 +5,7 @@ Order of look-up (the first that applies wins):
 1. ``DBERT_NATIVE=0``: the native backend is off (the reference path runs on the CPU).
 2. ``DBERT_NATIVE_LIB=/path/libdbert_native.so``: load that library (CTest points it at the one
    its CMake build produced).
-3. The build cache ``$DBERT_NATIVE_CACHE`` (default ``~/.cache/dbert_kernels/native``), in a
+3. The build cache ``$DBERT_NATIVE_CACHE`` (default ``~/.cache/dbert-kernels/native``), in a
    folder keyed by a hash of the C++ sources, the torch version and the Python version: load the
    library if it is there, else build it there once (CMake against the installed torch, under a
    file lock so that concurrent processes build it once) and load it.
@@ -56,7 +56,7 @@ def _source_hash(src: Path) -> str:
 
 def cache_dir(src: Path) -> Path:
     """The folder that holds (or will hold) the library built from ``src``."""
-    root = Path(os.environ.get("DBERT_NATIVE_CACHE", Path.home() / ".cache" / "dbert_kernels" / "native"))
+    root = Path(os.environ.get("DBERT_NATIVE_CACHE", Path.home() / ".cache" / "dbert-kernels" / "native"))
     return root / _source_hash(src)
 
 
