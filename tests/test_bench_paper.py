@@ -59,6 +59,10 @@ def test_harness_trains_evaluates_reports_and_reruns_from_cache(tmp_path) -> Non
     again = run(preset, tmp_path / "cache", tmp_path / "out", command="test")
     assert not any(r["trained_now"] for r in again["runs"])
     assert [r["perplexity"] for r in again["runs"]] == [r["perplexity"] for r in first["runs"]]
+    # a second seed shares the cache: only the new seed's variants are trained
+    more = run(replace(preset, name="fixture-2seeds", seeds=(0, 1), ablation_seeds=(0, 1), cache_name="fixture"),
+               tmp_path / "cache", tmp_path / "out", command="test")
+    assert sorted((r["seed"], r["trained_now"]) for r in more["runs"]) == [(0, False)] * 5 + [(1, True)] * 5
 
 
 @pytest.mark.slow

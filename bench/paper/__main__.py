@@ -45,7 +45,7 @@ def run(preset: Preset, root: Path, out_dir: Path, command: str) -> dict[str, An
     t0 = time.perf_counter()
     todo = variants(preset)
     print(f"{len(todo)} variants x {preset.steps} steps ({preset.jobs} jobs x {preset.threads} threads), "
-          f"cache {root / preset.name}", flush=True)
+          f"cache {root / (preset.cache_name or preset.name)}", flush=True)
     runs = _map(train_and_evaluate, [(preset, v, str(root)) for v in todo], preset.jobs)
     configs: dict[str, list[float]] = {}
     for r in runs:
@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if overrides:  # a custom budget: keep its checkpoints apart from the preset's
         tag = "-".join(f"{k}{'_'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items()
                        if k in ("steps", "seeds"))
-        preset = replace(preset, **overrides, name=f"{preset.name}-{tag}" if tag else preset.name)
+        cache = None if "steps" in overrides else (preset.cache_name or preset.name)
+        preset = replace(preset, **overrides, name=f"{preset.name}-{tag}" if tag else preset.name, cache_name=cache)
     out = args.out or (RESULTS / "quick" / "paper" if preset.name.startswith("quick") else RESULTS / "paper")
     command = "python -m bench.paper " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return run(preset, args.cache or cache_root(), out, command.strip())

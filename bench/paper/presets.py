@@ -49,6 +49,9 @@ class Preset:
     top_k: int = 30
     jobs: int = 2
     threads: int = 1
+    #: checkpoint cache subdirectory (default ``name``): presets that differ only in seeds, jobs or
+    #: threads share it, so adding a seed trains only that seed's variants
+    cache_name: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,7 +36,7 @@ def cache_root() -> Path:
 
 
 def checkpoint_dir(root: Path, preset: Preset, variant: Variant) -> Path:
-    return root / preset.name / variant.name
+    return root / (preset.cache_name or preset.name) / variant.name
 
 
 def _train_config(preset: Preset, variant: Variant, out: Path) -> Any:
