@@ -88,7 +88,7 @@ PRESETS: dict[str, Preset] = {
     # what fits in ~40 minutes on a shared 2-core CPU
     "small": Preset(name="small", steps=240, eval_every=20),
     # the issue's ~90-minute configuration on an idle 2-core CPU
-    "full": Preset(name="full", steps=600, test_sentences=None, bleu_samples=128),
+    "full": Preset(name="full", steps=720, test_sentences=None, bleu_samples=128),
 }
 
 
