@@ -3,8 +3,8 @@
 :func:`load_for_bench` turns a dbert checkpoint into what the benchmark needs: a denoiser, the
 ``generate`` arguments the model was trained for, and an ``evaluate(samples)`` that scores
 generated ids with BLEU-4 against the test split, Self-BLEU-4 among the samples, and the ELBO
-perplexity of the model on the test split (the same for every step count: the bound of the
-T-step model, computed once and cached).
+perplexity of the model on the test sentences that fit whole in the model's length (the same for
+every step count: the bound of the T-step model, computed once and cached).
 """
 
 from __future__ import annotations
@@ -22,7 +22,20 @@ from .data import EncodedSplit, encode, load_corpus
 from .evaluate import bleu4, elbo_perplexity, normalise_references, self_bleu
 from .generation import banned_ids, decode
 
-__all__ = ["BenchModel", "load_for_bench"]
+__all__ = ["BenchModel", "load_for_bench", "whole_sentences"]
+
+
+def whole_sentences(tokenizer: Any, sentences: list[str], max_len: int) -> list[str]:
+    """The sentences that fit whole in ``max_len`` tokens with ``[CLS]``/``[SEP]``.
+
+    The perplexity per word divides by the words of the full sentence, so a truncated sentence
+    would be under-scored: the ELBO is computed on whole sentences only.
+    """
+    lengths = [len(ids) for ids in tokenizer(list(sentences))["input_ids"]]
+    fitting = [s for s, n in zip(sentences, lengths, strict=True) if n <= max_len]
+    if not fitting:
+        raise ValueError(f"no evaluation sentence fits in max_len {max_len} tokens: use a model with a longer max_len")
+    return fitting
 
 
 @dataclass
@@ -112,7 +125,8 @@ def load_for_bench(
         elbo_sentences = 512
     settings = loaded.settings
     return BenchModel(
-        loaded=loaded, test_split=encode(loaded.tokenizer, sentences, settings.max_len),
+        loaded=loaded, test_split=encode(loaded.tokenizer, whole_sentences(loaded.tokenizer, sentences, settings.max_len),
+                                         settings.max_len),
         references=normalise_references(loaded.tokenizer, sentences, settings.max_len),
         top_k=top_k, elbo_sentences=elbo_sentences,
     )

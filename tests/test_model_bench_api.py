@@ -7,7 +7,8 @@ import torch
 
 from bench import quality
 from bench.__main__ import main
-from dbert_model import TrainConfig, load_for_bench, train
+from dbert_model import TrainConfig, load_corpus, load_for_bench, train
+from dbert_model.bench_api import whole_sentences
 
 from .model_fixtures import CORPUS, VOCAB
 
@@ -33,6 +34,14 @@ def test_load_for_bench_follows_the_quality_contract(checkpoint: str) -> None:
         assert 0.0 <= r["bleu4"] <= 1.0 and 0.0 <= r["self_bleu4"] <= 1.0
         assert r["perplexity"] > 1.0 and r["seconds"] > 0
         assert r["elbo_sentences"] == len(bm.test_split)  # the fixture's test split is small: all of it
+    # the ELBO only scores sentences that fit whole (the per-word perplexity counts every word)
+    test = load_corpus(CORPUS).test
+    lengths = [len(i) for i in bm.loaded.tokenizer(test)["input_ids"]]
+    assert len(bm.test_split) == sum(n <= 16 for n in lengths)
+    short = whole_sentences(bm.loaded.tokenizer, test, 10)
+    assert 0 < len(short) == sum(n <= 10 for n in lengths) < len(test)
+    with pytest.raises(ValueError, match="no evaluation sentence fits"):
+        whole_sentences(bm.loaded.tokenizer, test, 3)
     # every sample starts with [CLS] (fixed) and never contains [MASK]
     ids = torch.tensor([[bm.loaded.settings.special_ids["cls"]] + [5] * 15] * 2)
     assert bm.evaluate(ids)["bleu4"] >= 0.0

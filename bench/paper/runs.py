@@ -71,6 +71,7 @@ class _TimeRescaled(torch.nn.Module):
 
 def _test_data(preset: Preset, loaded: Any) -> tuple[Any, list[str]]:
     from dbert_model import encode, load_corpus
+    from dbert_model.bench_api import whole_sentences
     from dbert_model.evaluate import normalise_references
 
     corpus = load_corpus(preset.data)
@@ -78,11 +79,7 @@ def _test_data(preset: Preset, loaded: Any) -> tuple[Any, list[str]]:
     max_len = loaded.settings.max_len
     refs = normalise_references(loaded.tokenizer, sentences, max_len)
     # the ELBO only on sentences that fit whole: a truncated one would be scored per word of the full text
-    lengths = [len(ids) for ids in loaded.tokenizer(sentences)["input_ids"]]
-    fitting = [s for s, n in zip(sentences, lengths, strict=True) if n <= max_len]
-    if not fitting:
-        raise ValueError(f"no test sentence fits in max_len {max_len} tokens: raise max_len")
-    return encode(loaded.tokenizer, fitting, max_len), refs
+    return encode(loaded.tokenizer, whole_sentences(loaded.tokenizer, sentences, max_len), max_len), refs
 
 
 def _elbo(preset: Preset, loaded: Any, split: Any, steps: int | None = None) -> dict[str, float]:
