@@ -9,8 +9,10 @@ Python API (the ``dbert`` command wraps it):
 * :class:`TrainConfig` + :func:`train`: training with every switch (schedule, loss, time design, init).
 * :func:`sample_ids` / :func:`decode`: generation through :func:`dbert_kernels.generate`.
 * :func:`elbo_perplexity`, :func:`bleu4`, :func:`self_bleu`: evaluation.
+* :func:`load_for_bench`: the entry point of ``bench/quality.py`` (steps vs time vs quality).
 """
 
+from .bench_api import BenchModel, load_for_bench
 from .build import (
     DiffusionBertDenoiser,
     bert_base_config,
@@ -30,6 +32,7 @@ from .tokenizer import VocabularyMismatchError, load_tokenizer, minilm_path
 from .train import TrainConfig, TrainResult, train
 
 __all__ = [
+    "BenchModel",
     "DiffusionBert",
     "DiffusionBertDenoiser",
     "DiffusionSettings",
@@ -50,6 +53,7 @@ __all__ = [
     "encode",
     "load_checkpoint",
     "load_corpus",
+    "load_for_bench",
     "load_tokenizer",
     "minilm_path",
     "sample_ids",

@@ -1,0 +1,157 @@
+"""Training (cached) and evaluation of the paper-claims variants, one job per process.
+
+A job trains its variant unless the cache already holds it at the preset's step count (a rerun
+only evaluates; an interrupted one resumes), then measures on the test split:
+
+* ``perplexity``: the ELBO bound per word, ``exp(NELBO / words)`` (T = 1000, as trained), on the
+  test sentences that fit whole in ``max_len`` tokens (the same sentences for every variant);
+* ``bleu4`` / ``self_bleu4``: ``bleu_samples`` samples generated with ``sample_steps`` steps;
+* the validation curve logged during training (for the plot).
+
+A sweep job evaluates one trained variant at a given step count ``k``: the *discretised* ELBO
+(the same model as a ``k``-step diffusion, i.e. the bound of the ``k``-step sampler without
+top-k, ``T = k``), and BLEU / Self-BLEU / seconds of samples generated with ``k`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .presets import Preset, Variant
+
+__all__ = ["checkpoint_dir", "train_and_evaluate", "sweep_point", "cache_root"]
+
+
+def cache_root() -> Path:
+    """``~/.cache/dbert-kernels/paper`` (trained variants; not in git)."""
+    from dbert_model.data import cache_dir
+
+    return cache_dir() / "paper"
+
+
+def checkpoint_dir(root: Path, preset: Preset, variant: Variant) -> Path:
+    return root / (preset.cache_name or preset.name) / variant.name
+
+
+def _train_config(preset: Preset, variant: Variant, out: Path) -> Any:
+    from dbert_model import TrainConfig
+
+    init = preset.init_pretrained if variant.init == "pretrained" else preset.init_scratch
+    return TrainConfig(
+        out=str(out), data=preset.data, tokenizer=preset.tokenizer, init=init, time_design=variant.time_design,
+        schedule=variant.schedule, max_len=preset.max_len, batch_size=preset.batch_size, lr=preset.lr,
+        warmup_steps=preset.warmup_steps, max_steps=preset.steps, eval_every=preset.eval_every,
+        eval_sentences=preset.eval_sentences, save_every=preset.steps, log_every=max(1, preset.steps // 10),
+        max_train_sentences=preset.max_train_sentences, seed=variant.seed, device="cpu", progress=False,
+    )
+
+
+def _trained_steps(out: Path) -> int:
+    state = out / "trainer_state.json"
+    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+
+
+class _TimeRescaled(torch.nn.Module):
+    """The network seen as a ``k``-step model: time ``t`` in ``{1..k}`` is fed as ``t T / k``."""
+
+    def __init__(self, inner: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.factor = factor
+
+    def forward(self, ids: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner(ids, t=t * self.factor, rows=rows)
+
+
+def _test_data(preset: Preset, loaded: Any) -> tuple[Any, list[str]]:
+    from dbert_model import encode, load_corpus
+    from dbert_model.bench_api import whole_sentences
+    from dbert_model.evaluate import normalise_references
+
+    corpus = load_corpus(preset.data)
+    sentences = corpus.test or corpus.valid
+    max_len = loaded.settings.max_len
+    refs = normalise_references(loaded.tokenizer, sentences, max_len)
+    # the ELBO only on sentences that fit whole: a truncated one would be scored per word of the full text
+    return encode(loaded.tokenizer, whole_sentences(loaded.tokenizer, sentences, max_len), max_len), refs
+
+
+def _elbo(preset: Preset, loaded: Any, split: Any, steps: int | None = None) -> dict[str, float]:
+    from dbert_model import elbo_perplexity
+
+    model, settings = loaded.model, loaded.settings
+    if steps is not None:
+        model = _TimeRescaled(loaded.model, float(settings.T) / steps)
+        settings = replace(settings, T=float(steps))
+    return elbo_perplexity(model, settings, loaded.token_info(), split, samples=preset.elbo_samples,
+                           batch_size=64, seed=0, max_sentences=preset.test_sentences)
+
+
+def _samples(preset: Preset, loaded: Any, refs: list[str], steps: int) -> dict[str, Any]:
+    from dbert_model import bleu4, decode, sample_ids, self_bleu
+
+    start = time.perf_counter()
+    ids = sample_ids(loaded.model, loaded.settings, loaded.tokenizer, n=preset.bleu_samples, steps=steps,
+                     top_k=preset.top_k, seed=0, progress=False)
+    seconds = time.perf_counter() - start
+    texts = decode(loaded.tokenizer, ids, loaded.settings)
+    nonempty = sum(bool(t.split()) for t in texts)
+    try:
+        scores = {"bleu4": bleu4(texts, refs), "self_bleu4": self_bleu(texts)}
+    except ValueError:  # (almost) all samples empty: an untrained model writes [SEP] first
+        scores = {"bleu4": float("nan"), "self_bleu4": float("nan")}
+    return {**scores, "sample_seconds": seconds, "nonempty_samples": nonempty, "examples": texts[:3]}
+
+
+def train_and_evaluate(preset: Preset, variant: Variant, root: str) -> dict[str, Any]:
+    """Train ``variant`` (unless cached at ``preset.steps``) and evaluate it; a JSON-able dict."""
+    from dbert_model import load_checkpoint, train
+
+    torch.set_num_threads(preset.threads)
+    out = checkpoint_dir(Path(root), preset, variant)
+    trained_here = _trained_steps(out) < preset.steps
+    train_seconds = None
+    if trained_here:
+        start = time.perf_counter()
+        train(_train_config(preset, variant, out), log=lambda line: print(f"[{variant.name}] {line}", flush=True))
+        train_seconds = time.perf_counter() - start
+    state = json.loads((out / "trainer_state.json").read_text())
+    loaded = load_checkpoint(out, device="cpu")
+    split, refs = _test_data(preset, loaded)
+    start = time.perf_counter()
+    elbo = _elbo(preset, loaded, split)
+    samples = _samples(preset, loaded, refs, preset.sample_steps)
+    result = {
+        "variant": variant.name, "config": variant.config_name, "schedule": variant.schedule,
+        "time_design": variant.time_design, "init": variant.init, "seed": variant.seed,
+        "groups": list(variant.groups), "steps": state["step"], "checkpoint": str(out),
+        "trained_now": trained_here, "train_seconds": train_seconds,
+        "train_seconds_logged": state["history"][-1]["elapsed_s"] if state["history"] else None,
+        "perplexity": elbo["perplexity"], "nats_per_word": elbo["nats_per_word"],
+        "test_sentences": elbo["sentences"], **samples,
+        "eval_seconds": time.perf_counter() - start,
+        "validation": [{"step": v["step"], "nats_per_word": v["nats_per_word"]} for v in state["validation"]],
+    }
+    print(f"[{variant.name}] PPL <= {result['perplexity']:.1f}  BLEU-4 {result['bleu4']:.4f}  "
+          f"Self-BLEU {result['self_bleu4']:.4f}", flush=True)
+    return result
+
+
+def sweep_point(preset: Preset, variant: Variant, root: str, steps: int) -> dict[str, Any]:
+    """Evaluate the trained ``variant`` as a ``steps``-step model (discretised ELBO + samples)."""
+    from dbert_model import load_checkpoint
+
+    torch.set_num_threads(preset.threads)
+    loaded = load_checkpoint(checkpoint_dir(Path(root), preset, variant), device="cpu")
+    split, refs = _test_data(preset, loaded)
+    elbo = _elbo(preset, loaded, split, steps=steps)
+    samples = _samples(preset, loaded, refs, steps)
+    print(f"[{variant.name} @ {steps} steps] PPL <= {elbo['perplexity']:.1f}  BLEU-4 {samples['bleu4']:.4f}", flush=True)
+    return {"variant": variant.name, "seed": variant.seed, "sampling_steps": steps,
+            "perplexity": elbo["perplexity"], "nats_per_word": elbo["nats_per_word"], **samples}
