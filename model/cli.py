@@ -196,7 +196,9 @@ def _eval(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"model {results['model']} on {data} ({args.split}, {int(results['sentences'])} sentences)")
+    skipped = int(results["skipped_truncated"])
+    note = f"; {skipped} longer than max_len skipped" if skipped else ""
+    print(f"model {results['model']} on {data} ({args.split}, {int(results['sentences'])} whole sentences{note})")
     print(f"  NELBO        {results['nelbo_per_sentence']:.2f} nats/sentence, {results['nats_per_word']:.3f} nats/word")
     print(f"  perplexity   <= {results['perplexity']:.2f} (ELBO bound, per word)")
     if args.samples:

@@ -70,10 +70,13 @@ class CorpusSplits:
 @dataclass
 class EncodedSplit:
     """Tokenised sentences: ``ids`` ``[N, L]`` int64 as ``[CLS] x [SEP] [PAD]...``; ``words`` ``[N]``
-    whitespace word counts of the original sentences (for perplexity per word)."""
+    whitespace word counts of the original sentences (for perplexity per word); ``whole`` ``[N]``
+    bool, False for sentences cut at ``max_len`` (their ELBO would cover fewer words than
+    ``words`` counts, so the perplexity skips them). None: every sentence is whole."""
 
     ids: torch.Tensor
     words: torch.Tensor
+    whole: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -258,7 +261,9 @@ def encode(tokenizer: Any, sentences: Sequence[str], max_len: int) -> EncodedSpl
     enc = tokenizer(list(sentences), max_length=max_len, truncation=True, padding="max_length")
     ids = torch.tensor(enc["input_ids"], dtype=torch.int64)
     words = torch.tensor([len(s.split()) for s in sentences], dtype=torch.int64)
-    return EncodedSplit(ids=ids, words=words)
+    full_lengths = [len(x) for x in tokenizer(list(sentences))["input_ids"]]
+    whole = torch.tensor([n <= max_len for n in full_lengths], dtype=torch.bool)
+    return EncodedSplit(ids=ids, words=words, whole=whole)
 
 
 def token_counts(ids: torch.Tensor, vocab_size: int, pad_id: int) -> torch.Tensor:

@@ -44,14 +44,26 @@ def elbo_perplexity(
 ) -> dict[str, float]:
     """NELBO per sentence and per word, and the perplexity bound ``exp(nats per word)``.
 
-    ``samples``: Monte Carlo draws of (t, mask) per sentence (more: less variance).
+    ``samples``: Monte Carlo draws of (t, mask) per sentence (more: less variance). Only whole
+    sentences are scored (``split.whole``): one cut at ``max_len`` would be divided by the words
+    of its full text and flatter the perplexity. ``max_sentences`` caps the whole sentences used;
+    the result reports how many were skipped as truncated.
     """
     if samples < 1 or batch_size < 1:
         raise ValueError("samples and batch_size must be >= 1")
     device = next(model.parameters()).device
-    n = len(split) if max_sentences is None else min(len(split), max_sentences)
-    if n == 0:
+    if len(split) == 0:
         raise ValueError("the evaluation split is empty")
+    skipped = 0
+    if split.whole is not None and not bool(split.whole.all()):
+        skipped = int((~split.whole).sum())
+        if skipped == len(split):
+            raise ValueError(
+                f"every evaluation sentence is longer than the model's max_len ({split.ids.shape[1]} tokens): "
+                "use shorter sentences or a model trained with a longer --max-len"
+            )
+        split = type(split)(ids=split.ids[split.whole], words=split.words[split.whole])
+    n = len(split) if max_sentences is None else min(len(split), max_sentences)
     was_training = model.training
     model.eval()
     total = 0.0
@@ -77,6 +89,7 @@ def elbo_perplexity(
     nats_word = total / samples / words
     return {
         "sentences": float(n),
+        "skipped_truncated": float(skipped),
         "nelbo_per_sentence": nats_sentence,
         "nats_per_word": nats_word,
         "perplexity": math.exp(min(nats_word, 700.0)),

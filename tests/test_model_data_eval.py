@@ -88,6 +88,26 @@ def test_elbo_perplexity_is_exp_of_nats_per_word() -> None:
     assert torch.isfinite(torch.tensor(res["perplexity"]))
 
 
+def test_elbo_perplexity_skips_sentences_cut_at_max_len() -> None:
+    from dbert_kernels import token_information
+
+    from .model_fixtures import counts
+
+    sentences = load_corpus(CORPUS).valid
+    long = " ".join(sentences) + " " + " ".join(sentences)
+    mixed = encode(tokenizer(), [sentences[0], long, *sentences[1:]], MAX_LEN)
+    whole = encode(tokenizer(), sentences, MAX_LEN)
+    assert bool(whole.whole.all()) and mixed.whole.tolist()[:2] == [True, False]
+    info = token_information(counts(train_ids()))
+    a = elbo_perplexity(tiny_model(), settings(), info, mixed, samples=1, batch_size=64)
+    b = elbo_perplexity(tiny_model(), settings(), info, whole, samples=1, batch_size=64)
+    assert a["skipped_truncated"] == 1.0 and b["skipped_truncated"] == 0.0
+    assert a["sentences"] == b["sentences"] == len(sentences)
+    assert a["nats_per_word"] == pytest.approx(b["nats_per_word"])
+    with pytest.raises(ValueError, match="max_len"):
+        elbo_perplexity(tiny_model(), settings(), info, encode(tokenizer(), [long], MAX_LEN))
+
+
 def test_saved_datasets_dataset(tmp_path) -> None:
     datasets = pytest.importorskip("datasets")
     lines = [f"Sentence number {i} is a line of the corpus." for i in range(300)]
