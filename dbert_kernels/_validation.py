@@ -108,8 +108,9 @@ def check_logits(logits: torch.Tensor) -> int:
     return int(logits.shape[1])
 
 
-def check_finite_rows(logits: torch.Tensor, rows: torch.Tensor | None) -> None:
-    """No NaN or +inf among the rows that will be read (``rows``: bool [R], None for all)."""
+def check_readable_rows(logits: torch.Tensor, rows: torch.Tensor | None, banned: torch.Tensor) -> None:
+    """The rows that will be read (``rows``: bool [R], None for all) have no NaN or +inf, and each
+    has a finite logit outside ``banned`` ([V] bool)."""
     x = logits if rows is None else logits[rows]
     if x.numel() == 0:
         return
@@ -122,6 +123,19 @@ def check_finite_rows(logits: torch.Tensor, rows: torch.Tensor | None) -> None:
             f"logits row {row} contains NaN or +inf; only finite values and -inf (a banned "
             "token) are allowed"
         )
+    allowed_max = x.float().masked_fill(banned[None, :], float("-inf")).amax(dim=1)
+    if bool((allowed_max == float("-inf")).any()):
+        raise ValueError("a row has no token with a finite logit outside banned_ids: nothing can be sampled")
+
+
+def check_row_index(row_index: torch.Tensor | None, n_rows: int, device: torch.device) -> torch.Tensor:
+    """Philox row ids ``[n_rows]`` int64 on ``device`` (default ``arange(n_rows)``), non-negative."""
+    if row_index is None:
+        return torch.arange(n_rows, device=device)
+    check_int_tensor(row_index, "row_index", dims=1)
+    if row_index.shape[0] != n_rows or (row_index.numel() and int(row_index.min()) < 0):
+        raise ValueError(f"row_index must be [{n_rows}] non-negative ints")
+    return row_index.to(device=device, dtype=torch.int64)
 
 
 def check_sampling_params(

@@ -12,12 +12,13 @@ import torch
 from . import reference
 from ._validation import (
     IdsLike,
-    check_finite_rows,
     check_ids_in_range,
     check_int_tensor,
     check_logits,
     check_offset,
     check_probability,
+    check_readable_rows,
+    check_row_index,
     check_sampling_params,
     check_seed,
     check_token_id,
@@ -165,25 +166,11 @@ def sample_absorbing(
     if bool(banned.all()):
         raise ValueError("every token of the vocabulary is banned: nothing can be sampled")
     prob = check_probability(unmask_prob, n_rows, device, "unmask_prob")
-    if row_index is None:
-        row_index = torch.arange(n_rows, device=device)
-    else:
-        check_int_tensor(row_index, "row_index", dims=1)
-        if row_index.shape[0] != n_rows or (row_index.numel() and int(row_index.min()) < 0):
-            raise ValueError(f"row_index must be [{n_rows}] non-negative ints")
-        row_index = row_index.to(device=device, dtype=torch.int64)
+    row_index = check_row_index(row_index, n_rows, device)
     _, impl = resolve_backend(backend, device)
     # A backend that checks each row while it reads it (CHECKS_LOGITS) needs no extra pass here.
     if validate and not getattr(impl, "CHECKS_LOGITS", False):
-        read = None if ids is None else ids == mask_id
-        check_finite_rows(logits, read)
-        rows_x = logits if read is None else logits[read]
-        if rows_x.numel():
-            allowed_max = rows_x.float().masked_fill(banned[None, :], float("-inf")).amax(dim=1)
-            if bool((allowed_max == float("-inf")).any()):
-                raise ValueError(
-                    "a row has no token with a finite logit outside banned_ids: nothing can be sampled"
-                )
+        check_readable_rows(logits, None if ids is None else ids == mask_id, banned)
     return impl.sample(
         logits, ids, prob, banned, row_index, -1 if mask_id is None else mask_id,
         float(temperature), top_k, None if top_p is None else float(top_p), seed, offset,
@@ -232,9 +219,8 @@ def unmask_decision(
     check_offset(offset)
     n_rows = is_masked.shape[0]
     prob = check_probability(unmask_prob, n_rows, is_masked.device, "unmask_prob")
-    if row_index is None:
-        row_index = torch.arange(n_rows, device=is_masked.device)
-    return reference.reveal_rows(is_masked, prob, row_index.to(torch.int64), seed, offset)
+    row_index = check_row_index(row_index, n_rows, is_masked.device)
+    return reference.reveal_rows(is_masked, prob, row_index, seed, offset)
 
 
 def topk_unmask(

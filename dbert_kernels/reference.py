@@ -49,6 +49,7 @@ from .random import (
     philox_words,
     uniform_from_bits,
 )
+from .schedules import spindle_keep_probability
 
 __all__ = ["spindle_mask", "sample", "topk_unmask", "keep_probability", "reveal_rows"]
 
@@ -70,22 +71,7 @@ def keep_probability(
     ``[V]`` float32 token information; ``protected``: ``[V]`` bool; ``form``: ``"none"``,
     ``"code"`` or ``"paper"``.
     """
-    valid = ~protected[ids]
-    base2 = base[:, None]
-    if form == "none":
-        keep = base2.expand(ids.shape)
-    else:
-        w = info[ids]
-        validf = valid.to(torch.float32)
-        count = validf.sum(dim=1, keepdim=True).clamp(min=1.0)
-        mean = (w * validf).sum(dim=1, keepdim=True) / count
-        amp2 = amp[:, None]
-        if form == "code":
-            keep = (base2 + amp2 * (w - mean)).clamp(0.0, 0.999)
-        else:
-            safe_w = torch.where(valid, w, torch.ones_like(w))
-            keep = (base2 - amp2 * (1.0 - mean / safe_w)).clamp(0.0, 1.0)
-    return torch.where(valid, keep, torch.ones_like(keep))
+    return spindle_keep_probability(base, amp, info[ids], ~protected[ids], form)
 
 
 def spindle_mask(

@@ -214,16 +214,17 @@ def _spindle_reveal_probability(
     info = token_info.to(device=ids.device, dtype=torch.float32)
     if info.dim() != 1 or info.numel() != logits.shape[1]:
         raise ValueError(f"token_info must be [V] = [{logits.shape[1]}], got {tuple(token_info.shape)}")
+    if s <= 0:  # the last step reveals everything (the code form's keep probability stops at 0.999)
+        return torch.ones(int(flat_masked.sum()), dtype=torch.float32, device=ids.device)
     guess = ids.clone()
     guess.view(-1)[flat_masked] = logits.argmax(dim=1).to(guess.dtype)
     special = torch.as_tensor(list(banned_ids) if banned_ids is not None else [], dtype=torch.int64)
     valid = ~torch.isin(guess, special.to(ids.device))
+    guess_info = info[guess]
     batch = ids.shape[0]
     times = torch.tensor([t, s], dtype=torch.float64)
-    keep_t = schedule.token_alphabar(times[0].expand(batch), info[guess], valid)
-    keep_s = schedule.token_alphabar(times[1].expand(batch), info[guess], valid)
-    if s <= 0:
-        return torch.ones(int(flat_masked.sum()), dtype=torch.float32, device=ids.device)
+    keep_t = schedule.token_alphabar(times[0].expand(batch), guess_info, valid)
+    keep_s = schedule.token_alphabar(times[1].expand(batch), guess_info, valid)
     denom = (1.0 - keep_t).clamp(min=1e-12)
     prob = ((keep_s - keep_t) / denom).clamp(0.0, 1.0)
     return prob.reshape(-1)[flat_masked]

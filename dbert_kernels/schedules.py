@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Schedule", "token_information", "SPINDLE_CODE_CLIP"]
+__all__ = ["Schedule", "token_information", "spindle_keep_probability", "SPINDLE_CODE_CLIP"]
 
 #: Upper clip of the code-form per-token keep probability (the authors' value).
 SPINDLE_CODE_CLIP = 0.999
@@ -163,21 +163,42 @@ class Schedule:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape [B] = [{batch}], got {tuple(t.shape)}")
-        base = self.alphabar(t).to(torch.float32)[:, None]
+        base = self.alphabar(t).to(torch.float32)
         if not self.is_spindle:
-            keep = base.expand_as(info).clone()
+            return spindle_keep_probability(base, torch.zeros_like(base), info, valid, "none")
+        amp = self.spindle_amplitude(t).to(torch.float32)
+        return spindle_keep_probability(base, amp, info.to(torch.float32), valid, self.spindle_form)
+
+
+def spindle_keep_probability(
+    base: torch.Tensor,
+    amp: torch.Tensor,
+    info: torch.Tensor,
+    valid: torch.Tensor,
+    form: str,
+) -> torch.Tensor:
+    """Per-token keep probability ``[B, L]`` from per-row ``base`` = alphabar(t) and ``amp`` = S(t).
+
+    The one implementation of the spindle formulas (see the module docstring), shared by
+    :meth:`Schedule.token_alphabar` and the reference masking op. ``base``/``amp``: ``[B]`` float32;
+    ``info``: ``[B, L]`` float32 token information per position; ``valid``: ``[B, L]`` bool (the
+    positions in the sentence mean; the others get 1); ``form``: ``"none"`` (no spindle term),
+    ``"code"`` or ``"paper"``.
+    """
+    base2 = base[:, None]
+    if form == "none":
+        keep = base2.expand(info.shape)
+    else:
+        validf = valid.to(torch.float32)
+        count = validf.sum(dim=1, keepdim=True).clamp(min=1.0)
+        mean = (info * validf).sum(dim=1, keepdim=True) / count
+        amp2 = amp[:, None]
+        if form == "code":
+            keep = (base2 + amp2 * (info - mean)).clamp(0.0, SPINDLE_CODE_CLIP)
         else:
-            amp = self.spindle_amplitude(t).to(torch.float32)[:, None]
-            info = info.to(torch.float32)
-            validf = valid.to(torch.float32)
-            count = validf.sum(dim=1, keepdim=True).clamp(min=1.0)
-            mean = (info * validf).sum(dim=1, keepdim=True) / count
-            if self.spindle_form == "code":
-                keep = (base + amp * (info - mean)).clamp(0.0, SPINDLE_CODE_CLIP)
-            else:
-                safe_info = torch.where(validf > 0, info, torch.ones_like(info))
-                keep = (base - amp * (1.0 - mean / safe_info)).clamp(0.0, 1.0)
-        return torch.where(valid, keep, torch.ones_like(keep))
+            safe_info = torch.where(valid, info, torch.ones_like(info))
+            keep = (base2 - amp2 * (1.0 - mean / safe_info)).clamp(0.0, 1.0)
+    return torch.where(valid, keep, torch.ones_like(keep))
 
 
 def token_information(

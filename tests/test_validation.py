@@ -85,3 +85,14 @@ def test_absorbing_argument_checks():
 def test_unknown_backend_on_this_device_is_a_clear_error():
     with pytest.raises((RuntimeError, ValueError), match="backend"):
         resolve_backend("native-missing", torch.device("cpu"))
+
+
+def test_unmask_decision_checks_row_index_like_sampling():
+    from dbert_kernels import unmask_decision
+
+    masked = torch.ones(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="row_index"):
+        unmask_decision(masked, 0.5, row_index=torch.arange(3))
+    with pytest.raises(ValueError, match="row_index"):
+        unmask_decision(masked, 0.5, row_index=torch.tensor([0, -1, 2, 3]))
+    assert torch.equal(unmask_decision(masked, 0.5, seed=3), unmask_decision(masked, 0.5, seed=3, row_index=torch.arange(4)))
