@@ -51,7 +51,7 @@ def spindle_mask(
     """Forward process: mask tokens of ``ids`` at time ``t`` under ``schedule``.
 
     Args:
-        ids: ``[B, L]`` integer token ids.
+        ids: ``[B, L]`` integer token ids (int64, int32, int16, int8 or uint8; ``mask_id`` must fit).
         t: time per row, ``[B]`` or a scalar, in ``[0, schedule.T]``.
         schedule: the noise schedule; with ``spindle_lambda > 0`` per-token keep probabilities
             follow the spindle term and ``token_info`` is required.
@@ -60,7 +60,8 @@ def spindle_mask(
         protected_ids: ids never masked (pad, ``[CLS]``, ``[SEP]``...); also excluded from the
             sentence mean of the spindle term.
         vocab_size: V, needed only when ``token_info`` is not given (ids are checked against it).
-        seed, offset: Philox key and fourth counter word; same inputs + seed -> same mask.
+        seed, offset: Philox key and fourth counter word (ints, or 0-d integer tensors as in
+            :func:`sample_absorbing`); same inputs + seed -> same mask.
 
     Returns:
         ``(noised_ids, masked)``: ``noised_ids`` like ``ids`` with ``mask_id`` where masked;
@@ -251,7 +252,8 @@ def unmask_decision(
     """Which masked rows :func:`sample_absorbing` reveals with the same seed and offset.
 
     ``is_masked``: ``[R]`` bool; returns ``[R]`` bool. Lets a sampler decide first and then ask
-    the denoiser for the logits of the revealed rows only.
+    the denoiser for the logits of the revealed rows only. ``seed`` / ``offset`` / ``row_index``
+    as in :func:`sample_absorbing`.
     """
     if not isinstance(is_masked, torch.Tensor) or is_masked.dtype != torch.bool or is_masked.dim() != 1:
         raise TypeError("is_masked must be a 1-D bool tensor")

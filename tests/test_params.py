@@ -17,6 +17,15 @@ from dbert_kernels.params import SamplingParams
 from .backends_under_test import require_backend
 
 CPU_BACKENDS = ["reference", pytest.param("native", marks=pytest.mark.native)]
+#: The Triton kernel does not return the margin yet (strict: remove the mark once it does).
+TRITON_PENDING = pytest.mark.xfail(strict=True, reason="the Triton kernel does not follow this rule yet")
+ALL_BACKENDS = CPU_BACKENDS + [pytest.param("triton", marks=[pytest.mark.interpreter, TRITON_PENDING])]
+
+
+def _need(backend: str) -> None:
+    if backend == "triton":
+        pytest.importorskip("triton")
+    require_backend(backend)
 
 
 def _params(**kw) -> SamplingParams:
@@ -43,7 +52,7 @@ def _hand(probs: list[float]) -> tuple[float, float]:
     return entropy, top[0] - top[1]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "kw, probs",
     [
@@ -56,7 +65,7 @@ def _hand(probs: list[float]) -> tuple[float, float]:
     ],
 )
 def test_entropy_and_margin_by_hand(backend, kw, probs):
-    require_backend(backend)
+    _need(backend)
     x = torch.tensor([[math.log(4), math.log(2), 0.0, 0.0, 9.0]])  # id 4 banned
     tok, conf, ent, margin = dk.sample(
         x, banned_ids=[4], seed=1, return_entropy=True, return_margin=True, backend=backend, **kw
@@ -78,9 +87,9 @@ def test_return_flags_shape_the_tuple(backend):
     assert bool(((margin >= 0) & (margin <= 1)).all())
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_rows_not_read_get_the_documented_entropy_and_margin(backend):
-    require_backend(backend)
+    _need(backend)
     ids = torch.tensor([7, 3, 3, 9])
     x = torch.randn(4, 20)
     prob = torch.tensor([1.0, 0.0, 1.0, 1.0])
