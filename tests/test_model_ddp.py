@@ -101,3 +101,21 @@ def _stopped(init: Path, out: Path):
     from dbert_model.cli import build_parser, train_config
 
     return replace(train_config(build_parser().parse_args(_args(init, out))), stop_after=2)
+
+
+def test_shard_losses_sum_to_the_whole_batch_loss() -> None:
+    from dbert_kernels import token_information
+    from dbert_model.losses import diffusion_loss
+
+    from .model_fixtures import counts, settings, tiny_model, train_ids
+
+    ids = train_ids(12)
+    s = settings()
+    info = token_information(counts(train_ids()))
+    model = tiny_model().eval()  # no dropout: the same network for every call
+    whole = diffusion_loss(model, ids, settings=s, token_info=info, seed=3, offset=5)
+    parts = [diffusion_loss(model, ids, settings=s, token_info=info, seed=3, offset=5, shard=slice(a, a + 4))
+             for a in (0, 4, 8)]
+    torch.testing.assert_close(sum(p.loss for p in parts), whole.loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.cat([p.nelbo for p in parts]), whole.nelbo, rtol=1e-5, atol=1e-6)
+    assert sum(p.n_masked for p in parts) == whole.n_masked and all(p.n_tokens == whole.n_tokens for p in parts)
