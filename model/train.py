@@ -154,13 +154,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_backend(backend: str, device: torch.device) -> None:
-    """Raise ValueError naming ``--backend`` unless the sampling-op backend runs on ``device``."""
-    from dbert_kernels.backends import resolve_backend
+    """Raise ValueError naming ``--backend`` unless the sampling-op backend runs on ``device`` here."""
+    from dbert_kernels import available_backends
 
-    try:
-        resolve_backend(backend, device)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--backend {backend}: {exc}") from exc
+    if backend == "auto":
+        return
+    here = available_backends(device)
+    if backend not in here:
+        raise ValueError(
+            f"--backend {backend} does not run on {device.type} here (available: auto, {', '.join(here)}); "
+            "use --backend auto"
+        )
 
 
 def _init_source(cfg: TrainConfig, vocab_size: int) -> Any:
