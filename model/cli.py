@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["main", "build_parser"]
 
-_TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (when the names differ)
+_TRAIN_FLAGS = {  # CLI flag -> TrainConfig / DiffusionSettings field (when the names differ)
     "lambda": "spindle_lambda", "steps": "max_steps", "minutes": "max_minutes", "warmup": "warmup_steps",
 }
 
@@ -22,6 +22,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 
@@ -42,23 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
     d = TrainConfig()
+    ds = d.diffusion
     parser = argparse.ArgumentParser(prog="dbert", description="DiffusionBERT: train, generate, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train or resume a DiffusionBERT",
                        description="Train a DiffusionBERT (resumes when --out holds a checkpoint).")
+    t.add_argument("--config", default=None,
+                   help="a JSON training configuration (TrainConfig.to_json form); flags given as well override it")
     t.add_argument("--out", default=d.out, help=f"checkpoint directory (default {d.out})")
     t.add_argument("--data", default=d.data, help="'builtin' or a corpus path (text file, dir with train.txt, saved dataset)")
     t.add_argument("--init", default=d.init, help="minilm (pretrained), scratch, tiny, bert-base, or a local model dir")
     t.add_argument("--tokenizer", default=None, help="tokenizer dir or vocab.txt (default: the init model's / MiniLM's)")
-    t.add_argument("--time-design", choices=TIME_DESIGNS, default=d.time_design)
-    t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    t.add_argument("--T", type=float, default=d.T, help="diffusion steps of the forward process")
-    t.add_argument("--lambda", type=float, default=d.spindle_lambda, help="spindle amplitude lambda")
-    t.add_argument("--spindle-form", choices=("code", "paper"), default=d.spindle_form)
-    t.add_argument("--loss", choices=LOSSES, default=d.loss)
-    t.add_argument("--hybrid-lambda", type=float, default=d.hybrid_lambda)
-    t.add_argument("--max-len", type=int, default=d.max_len)
+    t.add_argument("--time-design", choices=TIME_DESIGNS, default=ds.time_design)
+    t.add_argument("--schedule", choices=SCHEDULES, default=ds.schedule)
+    t.add_argument("--T", type=float, default=ds.T, help="diffusion steps of the forward process")
+    t.add_argument("--lambda", type=float, default=ds.spindle_lambda, help="spindle amplitude lambda")
+    t.add_argument("--spindle-form", choices=("code", "paper"), default=ds.spindle_form)
+    t.add_argument("--loss", choices=LOSSES, default=ds.loss)
+    t.add_argument("--hybrid-lambda", type=float, default=ds.hybrid_lambda)
+    t.add_argument("--max-len", type=int, default=ds.max_len)
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -71,12 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=_positive_int, default=d.save_every)
     t.add_argument("--log-every", type=_positive_int, default=d.log_every)
     t.add_argument("--sample-every", type=int, default=0, help="print 2 samples every N steps (0: never)")
+    t.add_argument("--grad-accum", type=_positive_int, default=d.grad_accum,
+                   help="micro-batches per optimiser step (the global --batch-size is split into them)")
     t.add_argument("--max-train-sentences", type=_positive_int, default=None)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device)
     t.add_argument("--backend", default=d.backend)
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision, for GPUs)")
     t.add_argument("--no-resume", action="store_true", help="refuse to continue an existing checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="use an --out that exists and is not a checkpoint (its files are kept); with --no-resume, "
+                   "start over in an existing checkpoint directory")
     t.add_argument("--no-progress", action="store_true")
 
     g = sub.add_parser("generate", help="sample sentences",
@@ -99,40 +114,74 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--elbo-samples", type=_positive_int, default=1, help="Monte Carlo (t, mask) draws per sentence")
     e.add_argument("--max-sentences", type=_positive_int, default=None, help="evaluate on the first N sentences")
     e.add_argument("--batch-size", type=_positive_int, default=32)
-    e.add_argument("--samples", type=int, default=64, help="generated sentences for BLEU / Self-BLEU (0: skip)")
+    e.add_argument("--samples", type=_non_negative_int, default=64, help="generated sentences for BLEU / Self-BLEU (0: skip)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.add_argument("--no-progress", action="store_true")
     _add_sampling(e)
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+def train_config(args: argparse.Namespace) -> Any:
+    """The :class:`TrainConfig` of parsed ``dbert train`` arguments (flags that name a
+    :class:`DiffusionSettings` field go to ``TrainConfig.diffusion``)."""
+    from .settings import DiffusionSettings
+    from .train import TrainConfig
 
-    known = {f.name for f in fields(TrainConfig)}
+    own = {f.name for f in fields(TrainConfig)} - {"diffusion"}
+    diffusion_fields = {f.name for f in fields(DiffusionSettings)}
     values: dict[str, Any] = {}
+    diffusion: dict[str, Any] = {}
     for key, value in vars(args).items():
         name = _TRAIN_FLAGS.get(key, key)
-        if name in known:
+        if name in diffusion_fields:
+            diffusion[name] = value
+        elif name in own:
             values[name] = value
     values["resume"] = not args.no_resume
     values["progress"] = not args.no_progress
-    if args.no_resume and Path(args.out, "dbert.json").is_file():
-        raise ValueError(f"{args.out} already holds a checkpoint and --no-resume was given: choose another --out")
-    result = train(TrainConfig(**values))
-    print(f"done: {result.steps} steps, checkpoint {result.path}")
+    return TrainConfig(**values, diffusion=DiffusionSettings(**diffusion))
+
+
+def _config_file_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """``dbert train --config FILE``: the file's values become the defaults of the train flags."""
+    from .train import TrainConfig
+
+    args, _ = parser.parse_known_args(argv)
+    if getattr(args, "command", None) != "train" or not getattr(args, "config", None):
+        return
+    path = Path(args.config)
+    try:
+        cfg = TrainConfig.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        parser.exit(2, f"dbert train: error: --config {path}: {' '.join(str(exc).split())}\n")
+    flags = {v: k for k, v in _TRAIN_FLAGS.items()}
+    values = {**{k: v for k, v in cfg.to_json().items() if k != "diffusion"}, **cfg.to_json()["diffusion"]}
+    train_parser = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    train_parser.set_defaults(**{flags.get(k, k): v for k, v in values.items()})
+    train_parser.set_defaults(no_resume=not cfg.resume, no_progress=not cfg.progress)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    cfg = train_config(args)
+    result = train(cfg)
+    if result.main_process:
+        print(f"done: {result.steps} steps, checkpoint {result.path}")
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, read_trainer_state
     from .demo import demo_model_path, ensure_demo_model
     from .tokenizer import load_tokenizer
-    from .train import resolve_device
+    from .train import check_backend, resolve_device
 
+    device = resolve_device(args.device)
+    check_backend(args.backend, device)
     if args.model is None:
         path = ensure_demo_model()
-        state = path / "trainer_state.json"
-        steps = json.loads(state.read_text())["step"] if state.is_file() else "?"
+        state = read_trainer_state(path)
+        steps = state["step"] if state else "?"
         print(f"[demo model] {path}: MiniLM fine-tuned for only {steps} steps on the built-in corpus (a CPU "
               "demo, expect rough text; pass --model for your own checkpoint)", file=sys.stderr)
     else:
@@ -140,12 +189,25 @@ def _load(args: argparse.Namespace) -> Any:
         if path == demo_model_path():
             ensure_demo_model()
     tokenizer = load_tokenizer(args.tokenizer) if getattr(args, "tokenizer", None) else None
-    return load_checkpoint(path, device=resolve_device(args.device), tokenizer=tokenizer)
+    return load_checkpoint(path, device=device, tokenizer=tokenizer)
+
+
+def _check_seq_len(loaded: Any, seq_len: int | None) -> None:
+    """``--seq-len`` must fit the network's position table (one more position for the PTE time token)."""
+    if seq_len is None:
+        return
+    positions = int(getattr(loaded.model.config, "max_position_embeddings", 10**9))
+    extra = 1 if loaded.settings.time_design == "pte" else 0
+    if seq_len + extra > positions:
+        raise ValueError(
+            f"--seq-len {seq_len} exceeds the model's {positions - extra} positions: use --seq-len <= {positions - extra}"
+        )
 
 
 def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str]]:
     from .generation import decode, sample_ids
 
+    _check_seq_len(loaded, getattr(args, "seq_len", None))
     ids = sample_ids(
         loaded.model, loaded.settings, loaded.tokenizer, n=n, steps=args.steps, seq_len=getattr(args, "seq_len", None),
         strategy=args.strategy, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
@@ -167,14 +229,17 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from .checkpoint import read_trainer_state
     from .data import encode, load_corpus
     from .evaluate import bleu4, elbo_perplexity, normalise_references, self_bleu
 
+    if args.samples == 1:
+        raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
     loaded = _load(args)
     data = args.data
-    state = loaded.path / "trainer_state.json"
     if data is None:
-        data = json.loads(state.read_text())["config"]["data"] if state.is_file() else "builtin"
+        state = read_trainer_state(loaded.path)
+        data = state["config"].get("data", "builtin") if state else "builtin"
     corpus = load_corpus(data)
     sentences = getattr(corpus, args.split)
     if args.max_sentences:
@@ -187,8 +252,6 @@ def _eval(args: argparse.Namespace) -> None:
         seed=args.seed, progress=not args.no_progress, backend=args.backend,
     ))
     if args.samples:
-        if args.samples < 2:
-            raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
         _, texts = _sample(loaded, args, args.samples)
         refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
         results.update({"samples": args.samples, "steps": args.steps, "bleu4": bleu4(texts, refs),
@@ -211,11 +274,13 @@ def _eval(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dbert`` console script; returns the exit status."""
     parser = build_parser()
+    _config_file_defaults(parser, argv)
     args = parser.parse_args(argv)
     try:
         {"train": _train, "generate": _generate, "eval": _eval}[args.command](args)
-    except (FileNotFoundError, ValueError, ImportError, FloatingPointError, TypeError) as exc:
-        print(f"dbert {args.command}: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, ImportError, FloatingPointError, TypeError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"dbert {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -39,6 +39,7 @@ __all__ = [
     "split_by_hash",
     "split_sentences",
     "encode",
+    "encode_cached",
     "token_counts",
 ]
 
@@ -217,10 +218,49 @@ def load_corpus(source: str | Path = "builtin", *, verbose: bool = False) -> Cor
         return CorpusSplits(**parts, source=str(path))
     if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
         return _load_saved_dataset(path)
+    files = _text_files(str(source))
+    if files:
+        splits = split_by_hash(line for f in files for line in _read_lines(f))
+        splits.source = str(source)
+        return splits
+    cached = _load_cached_dataset(str(source)) if not path.exists() else None
+    if cached is not None:
+        return cached
     raise FileNotFoundError(
-        f"corpus not found: {source!r}. Pass 'builtin', a text file with one sentence per line, a directory "
-        "with train.txt (valid.txt, test.txt), or a datasets dataset saved with save_to_disk"
+        f"corpus not found: {source!r}. Pass 'builtin', a text file with one sentence per line (or several: "
+        "a,b or a glob), a directory with train.txt (valid.txt, test.txt), a datasets dataset saved with "
+        "save_to_disk, or the name of a datasets dataset in the local cache"
     )
+
+
+def _text_files(source: str) -> list[Path]:
+    """The text files of ``a.txt,b.txt`` or of a glob pattern (``data/*.txt``), in order; [] if none."""
+    import glob
+
+    if "," not in source and not any(c in source for c in "*?["):
+        return []
+    files: list[Path] = []
+    for part in (p.strip() for p in source.split(",")):
+        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+        files.extend(Path(m) for m in matches if Path(m).is_file())
+    return files
+
+
+def _load_cached_dataset(name: str) -> CorpusSplits | None:
+    """The ``datasets`` dataset ``name`` from the local cache (no download); None if it is not there."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True
+    try:
+        data: Any = datasets.load_dataset(name)
+    except Exception:  # not cached (or not a dataset name): the caller reports "corpus not found"
+        return None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+    return _dataset_splits(data, name)
 
 
 def _load_saved_dataset(path: Path) -> CorpusSplits:
@@ -228,7 +268,12 @@ def _load_saved_dataset(path: Path) -> CorpusSplits:
         import datasets
     except ImportError as exc:
         raise ImportError(f"{path} is a saved `datasets` dataset: `pip install datasets` to read it") from exc
-    data: Any = datasets.load_from_disk(str(path))
+    return _dataset_splits(datasets.load_from_disk(str(path)), str(path))
+
+
+def _dataset_splits(data: Any, path: str) -> CorpusSplits:
+    """Train / valid / test sentences of a ``datasets`` Dataset or DatasetDict (column ``text``)."""
+    import datasets
 
     def texts(ds: Any) -> list[str]:
         if "text" not in ds.column_names:
@@ -264,6 +309,45 @@ def encode(tokenizer: Any, sentences: Sequence[str], max_len: int) -> EncodedSpl
     full_lengths = [len(x) for x in tokenizer(list(sentences))["input_ids"]]
     whole = torch.tensor([n <= max_len for n in full_lengths], dtype=torch.bool)
     return EncodedSplit(ids=ids, words=words, whole=whole)
+
+
+def encode_cached(tokenizer: Any, sentences: Sequence[str], max_len: int, cache: str | Path | None = None) -> EncodedSplit:
+    """:func:`encode` through ``datasets.map`` (batched), cached as Arrow in ``cache`` (default
+    ``<cache>/tokenized``) under a key of the tokenizer's vocabulary, ``max_len`` and the
+    sentences: a second run (or another process of a multi-process run) reads the cache."""
+    import datasets
+
+    from .tokenizer import vocab_fingerprint
+
+    if not sentences:
+        raise ValueError("no sentences to encode (is the corpus split empty?)")
+    key = hashlib.sha256()
+    key.update(f"{vocab_fingerprint(tokenizer)}|{type(tokenizer).__name__}|{max_len}|".encode())
+    for sentence in sentences:
+        key.update(sentence.encode("utf-8") + b"\n")
+    root = Path(cache) if cache is not None else cache_dir() / "tokenized"
+    root.mkdir(parents=True, exist_ok=True)
+    file = root / f"{key.hexdigest()[:32]}.arrow"
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[Any]]:
+        texts = batch["text"]
+        enc = tokenizer(texts, max_length=max_len, truncation=True, padding="max_length")
+        full = tokenizer(texts)["input_ids"]
+        return {"input_ids": enc["input_ids"], "words": [len(t.split()) for t in texts],
+                "whole": [len(ids) <= max_len for ids in full]}
+
+    data = datasets.Dataset.from_dict({"text": list(sentences)})
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        done = data.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"], cache_file_name=str(file),
+                        load_from_cache_file=True)
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+    cols = done.with_format("torch")[:]
+    return EncodedSplit(ids=cols["input_ids"].to(torch.int64), words=cols["words"].to(torch.int64),
+                        whole=cols["whole"].to(torch.bool))
 
 
 def token_counts(ids: torch.Tensor, vocab_size: int, pad_id: int) -> torch.Tensor:

@@ -98,12 +98,18 @@ def diffusion_loss(
     offset: int = 0,
     t: torch.Tensor | None = None,
     backend: str = "auto",
+    shard: slice | None = None,
 ) -> LossOutput:
     """The configured loss on a batch of clean ids ``[B, L]`` (``[CLS] x [SEP] [PAD]...``).
 
     ``[CLS]`` is protected (never masked); ``[SEP]`` and ``[PAD]`` are tokens like any other, so
     the model learns where sentences end. ``token_info``: ``[V]`` token information (required by
     the spindle schedule). ``t``: ``[B]`` times (default: :func:`sample_times` keyed on seed and offset).
+
+    ``shard``: score only these rows of the batch (data-parallel training: each process passes
+    the whole global batch and its own rows). Times and masks are drawn for the whole batch and
+    the loss keeps the whole batch's normaliser, so the shards' losses sum to the whole batch's
+    loss; ``nelbo`` and ``t`` are the shard's rows.
     """
     schedule = settings.build_schedule()
     batch = ids.shape[0]
@@ -118,13 +124,16 @@ def diffusion_loss(
         protected_ids=[cls_id], vocab_size=settings.vocab_size, seed=seed, offset=offset, backend=backend,
     )
     valid = ids != cls_id
+    n_tokens = int(valid.sum())
+    if shard is not None:
+        ids, noised, masked, valid, t = ids[shard], noised[shard], masked[shard], valid[shard], t[shard]
+        batch = ids.shape[0]
     info = info_v[ids] if info_v is not None else torch.zeros(ids.shape, device=ids.device)
     weights = posterior_weights(schedule, settings, t.to(ids.device), info, valid)
     logits = model(noised, t=t.to(device=ids.device, dtype=torch.float32), rows=masked)
     ce = F.cross_entropy(logits.float(), ids[masked], reduction="none")
     row = masked.nonzero()[:, 0]
     nelbo = torch.zeros(batch, device=ids.device).index_add(0, row, weights[masked].to(ce.dtype) * ce)
-    n_tokens = int(valid.sum())
     vb = nelbo.sum() / (float(settings.T) if settings.loss == "d3pm" else 1.0)
     loss = (vb + settings.hybrid_lambda * ce.sum()) / max(n_tokens, 1)
     return LossOutput(

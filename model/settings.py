@@ -19,7 +19,7 @@ __all__ = ["DiffusionSettings", "TIME_DESIGNS", "LOSSES", "SCHEDULES", "schedule
 TIME_DESIGNS = ("tad", "lte", "pte")
 #: Training objectives: D3PM hybrid loss (discrete time) and the continuous-time MDLM ELBO.
 LOSSES = ("d3pm", "mdlm")
-#: Named schedules accepted by the CLI and :func:`schedule_from_name`.
+#: Named schedules accepted by the CLI and :func:`schedule_from_name` (names of ``Schedule``'s constructors).
 SCHEDULES = ("spindle", "d3pm", "cosine")
 
 SETTINGS_FILE = "dbert.json"
@@ -29,16 +29,16 @@ FORMAT_VERSION = 1
 def schedule_from_name(
     name: str, *, T: float = 1000.0, spindle_lambda: float = 0.3, spindle_form: str = "code"
 ) -> Schedule:
-    """``"spindle"`` (linear base + spindle term), ``"d3pm"`` (linear) or ``"cosine"``."""
+    """The :class:`~dbert_kernels.Schedule` named ``name``, built by its constructor of that name:
+    ``"spindle"`` (:meth:`Schedule.spindle`, linear base + spindle term), ``"d3pm"``
+    (:meth:`Schedule.d3pm`, linear) or ``"cosine"`` (:meth:`Schedule.cosine`)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
     if name == "spindle":
         if spindle_lambda <= 0:
             raise ValueError("the spindle schedule needs spindle_lambda > 0 (use 'd3pm' for lambda = 0)")
-        return Schedule(T=T, base="linear", spindle_lambda=spindle_lambda, spindle_form=spindle_form)
-    if name == "d3pm":
-        return Schedule(T=T, base="linear")
-    if name == "cosine":
-        return Schedule(T=T, base="cosine")
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+        return Schedule.spindle(spindle_lambda, spindle_form, T=T)  # type: ignore[arg-type]
+    return getattr(Schedule, name)(T=T)
 
 
 @dataclass
@@ -91,10 +91,31 @@ class DiffusionSettings:
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
 
+    def check_vocabulary_fields(self, where: str = "the settings") -> None:
+        """Raise ValueError unless the vocabulary fields are filled and consistent: ``vocab_size``
+        > 0, a SHA-256 fingerprint, and the five special ids as ints in ``[0, vocab_size)``."""
+        size = self.vocab_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}: vocab_size must be an int >= 1, got {size!r} (the file is damaged)")
+        if not isinstance(self.vocab_sha256, str) or len(self.vocab_sha256) != 64:
+            raise ValueError(f"{where}: vocab_sha256 must be a SHA-256 hex digest (the file is damaged)")
+        ids = self.special_ids
+        for name in ("cls", "sep", "pad", "mask", "unk"):
+            value = ids.get(name) if isinstance(ids, dict) else None
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+                raise ValueError(
+                    f"{where}: special_ids[{name!r}] must be a token id in [0, {size}), got {value!r} (the file is damaged)"
+                )
+
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DiffusionSettings:
+    def from_json(cls, data: Any) -> DiffusionSettings:
+        """Settings from their JSON form (unknown keys ignored; missing ones take the defaults)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"diffusion settings must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"format_version must be an int, got {version!r}")
         if version > FORMAT_VERSION:
             raise ValueError(
                 f"settings format version {version} is newer than this dbert ({FORMAT_VERSION}): upgrade dbert-kernels"
@@ -111,4 +132,9 @@ class DiffusionSettings:
             raise FileNotFoundError(
                 f"{directory} is not a dbert checkpoint (no {SETTINGS_FILE}); train one with `dbert train`"
             )
-        return cls.from_json(json.loads(path.read_text()))
+        try:
+            settings = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not valid dbert settings ({exc}): the checkpoint is damaged") from exc
+        settings.check_vocabulary_fields(str(path))
+        return settings

@@ -7,7 +7,7 @@ import torch
 
 from bench import quality
 from bench.__main__ import main
-from dbert_model import TrainConfig, load_corpus, load_for_bench, train
+from dbert_model import DiffusionSettings, TrainConfig, load_corpus, load_for_bench, train
 from dbert_model.bench_api import whole_sentences
 
 from .model_fixtures import CORPUS, VOCAB
@@ -18,9 +18,9 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("bench_api") / "tiny"
-    train(TrainConfig(out=str(out), data=str(CORPUS), init="tiny", tokenizer=str(VOCAB), max_len=16, batch_size=16,
-                      lr=3e-3, warmup_steps=2, max_steps=6, eval_every=6, eval_sentences=16, save_every=6,
-                      progress=False), log=lambda _: None)
+    train(TrainConfig(out=str(out), data=str(CORPUS), init="tiny", tokenizer=str(VOCAB),
+                      diffusion=DiffusionSettings(max_len=16), batch_size=16, lr=3e-3, warmup_steps=2,
+                      max_steps=6, eval_every=6, eval_sentences=16, save_every=6, progress=False), log=lambda _: None)
     return str(out)
 
 

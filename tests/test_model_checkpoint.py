@@ -16,6 +16,7 @@ from dbert_model import (
     sample_ids,
     save_checkpoint,
 )
+from dbert_model.checkpoint import resolve_checkpoint
 from dbert_model.generation import banned_ids
 
 from .model_fixtures import counts, settings, tiny_model, tokenizer, train_ids
@@ -71,7 +72,7 @@ def test_a_checkpoint_with_a_different_vocabulary_is_refused(tmp_path) -> None:
     with pytest.raises(VocabularyMismatchError, match="different vocabulary"):
         load_checkpoint(tmp_path / "ckpt", tokenizer=bert_vocab)
     # same size, different ids: swapping two tokens is refused too
-    words = (tmp_path / "ckpt" / "vocab.txt").read_text().splitlines()  # written with every checkpoint
+    words = (resolve_checkpoint(tmp_path / "ckpt") / "vocab.txt").read_text().splitlines()  # written with every checkpoint
     words[10], words[11] = words[11], words[10]
     (tmp_path / "swapped.txt").write_text("\n".join(words) + "\n")
     with pytest.raises(VocabularyMismatchError, match="token ids would mean different words"):
@@ -87,6 +88,6 @@ def test_missing_or_broken_checkpoints_say_what_to_do(tmp_path) -> None:
     tok = tokenizer()
     save_checkpoint(tmp_path / "ckpt", tiny_model("tad"), settings(tok, time_design="tad"), tok, counts(train_ids()))
     s = settings(tok, time_design="lte")  # weights without the time layers that the settings promise
-    s.save(tmp_path / "ckpt")
+    s.save(resolve_checkpoint(tmp_path / "ckpt"))
     with pytest.raises(ValueError, match="does not match its settings"):
         load_checkpoint(tmp_path / "ckpt")

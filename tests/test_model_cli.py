@@ -51,3 +51,24 @@ def test_clear_errors(tmp_path, capsys) -> None:
     assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "none"), "--init", "tiny",
                  "--tokenizer", str(VOCAB), "--no-progress"]) == 2
     assert "corpus not found" in capsys.readouterr().err
+
+
+def test_the_recipe_config_file_sets_the_train_defaults_and_flags_override_it(tmp_path, capsys) -> None:
+    from pathlib import Path
+
+    from dbert_model.cli import _config_file_defaults, build_parser, train_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "bert-base-lm1b.json"
+    parser = build_parser()
+    argv = ["train", "--config", str(recipe), "--steps", "7", "--lambda", "0.2"]
+    _config_file_defaults(parser, argv)
+    cfg = train_config(parser.parse_args(argv))
+    assert (cfg.data, cfg.init, cfg.batch_size, cfg.bf16) == ("lm1b", "bert-base-uncased", 256, True)
+    assert cfg.diffusion.T == 2048 and cfg.diffusion.max_len == 64 and cfg.diffusion.time_design == "tad"
+    assert cfg.max_steps == 7 and cfg.diffusion.spindle_lambda == 0.2  # the flags win
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"diffusion": {"loss": "l2"}}')
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", str(bad)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--config" in err and "loss" in err

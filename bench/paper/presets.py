@@ -56,6 +56,20 @@ class Preset:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def train_config(self, variant: Variant, out: str) -> Any:
+        """The :class:`dbert_model.TrainConfig` that trains ``variant`` under this preset into ``out``."""
+        from dbert_model import DiffusionSettings, TrainConfig
+
+        return TrainConfig(
+            out=str(out), data=self.data, tokenizer=self.tokenizer,
+            init=self.init_pretrained if variant.init == "pretrained" else self.init_scratch,
+            diffusion=DiffusionSettings(time_design=variant.time_design, schedule=variant.schedule, max_len=self.max_len),
+            batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps, max_steps=self.steps,
+            eval_every=self.eval_every, eval_sentences=self.eval_sentences, save_every=self.steps,
+            log_every=max(1, self.steps // 10), max_train_sentences=self.max_train_sentences, seed=variant.seed,
+            device="cpu", progress=False,
+        )
+
 
 @dataclass(frozen=True)
 class Variant:

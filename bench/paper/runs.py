@@ -39,22 +39,11 @@ def checkpoint_dir(root: Path, preset: Preset, variant: Variant) -> Path:
     return root / (preset.cache_name or preset.name) / variant.name
 
 
-def _train_config(preset: Preset, variant: Variant, out: Path) -> Any:
-    from dbert_model import TrainConfig
-
-    init = preset.init_pretrained if variant.init == "pretrained" else preset.init_scratch
-    return TrainConfig(
-        out=str(out), data=preset.data, tokenizer=preset.tokenizer, init=init, time_design=variant.time_design,
-        schedule=variant.schedule, max_len=preset.max_len, batch_size=preset.batch_size, lr=preset.lr,
-        warmup_steps=preset.warmup_steps, max_steps=preset.steps, eval_every=preset.eval_every,
-        eval_sentences=preset.eval_sentences, save_every=preset.steps, log_every=max(1, preset.steps // 10),
-        max_train_sentences=preset.max_train_sentences, seed=variant.seed, device="cpu", progress=False,
-    )
-
-
 def _trained_steps(out: Path) -> int:
-    state = out / "trainer_state.json"
-    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+    from dbert_model.checkpoint import read_trainer_state
+
+    state = read_trainer_state(out)
+    return int(state["step"]) if state else 0
 
 
 class _TimeRescaled(torch.nn.Module):
@@ -119,10 +108,10 @@ def train_and_evaluate(preset: Preset, variant: Variant, root: str) -> dict[str,
     train_seconds = None
     if trained_here:
         start = time.perf_counter()
-        train(_train_config(preset, variant, out), log=lambda line: print(f"[{variant.name}] {line}", flush=True))
+        train(preset.train_config(variant, str(out)), log=lambda line: print(f"[{variant.name}] {line}", flush=True))
         train_seconds = time.perf_counter() - start
-    state = json.loads((out / "trainer_state.json").read_text())
     loaded = load_checkpoint(out, device="cpu")
+    state = json.loads((loaded.path / "trainer_state.json").read_text())
     split, refs = _test_data(preset, loaded)
     start = time.perf_counter()
     elbo = _elbo(preset, loaded, split)
