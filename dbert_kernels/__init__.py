@@ -7,7 +7,8 @@ Public API:
 * :func:`sample_absorbing`, :func:`sample`, :func:`unmask_decision`: categorical sampling with
   temperature / top-k / top-p / banned ids, fused with the absorbing posterior step.
 * :func:`topk_unmask`: confidence-based unmasking.
-* :func:`generate`: the reverse-process loop for any denoiser (:func:`as_denoiser`).
+* :func:`generate`: the reverse-process loop for any denoiser (:func:`as_denoiser`), over the
+  strategies of :mod:`dbert_kernels.strategies`, with the block cache of :mod:`dbert_kernels.cache`.
 
 Every op takes ``backend="auto" | "reference" | "triton" | "native"``; see
 :mod:`dbert_kernels.backends`.
@@ -17,7 +18,8 @@ from ._validation import BERT_UNCASED_SPECIAL_IDS
 from .backends import available_backends
 from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
-from .sampler import build_template, generate
+from .sampler import GenerateStats, build_template, generate, make_strategy
+from .strategies import STRATEGIES, Strategy
 from .schedules import Schedule, token_information
 
 __version__ = "0.1.0"
@@ -25,6 +27,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BERT_UNCASED_SPECIAL_IDS",
     "BigramDenoiser",
+    "GenerateStats",
+    "STRATEGIES",
+    "Strategy",
     "Denoiser",
     "HFMaskedLMDenoiser",
     "Schedule",
@@ -32,6 +37,7 @@ __all__ = [
     "available_backends",
     "build_template",
     "generate",
+    "make_strategy",
     "sample",
     "sample_absorbing",
     "spindle_mask",
