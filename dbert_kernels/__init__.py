@@ -19,8 +19,8 @@ from .backends import available_backends
 from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
 from .sampler import GenerateStats, build_template, generate, make_strategy
-from .strategies import STRATEGIES, Strategy
 from .schedules import Schedule, token_information
+from .strategies import STRATEGIES, Strategy
 
 __version__ = "0.1.0"
 
