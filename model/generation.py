@@ -26,7 +26,7 @@ def banned_ids(tokenizer: Any, settings: DiffusionSettings) -> list[int]:
 
 
 def sample_ids(
-    model: DiffusionBert,
+    model: DiffusionBert | Any,
     settings: DiffusionSettings,
     tokenizer: Any,
     *,
@@ -47,6 +47,9 @@ def sample_ids(
 ) -> Any:
     """``[n, seq_len]`` ids generated from all ``[MASK]`` (position 0 fixed to ``[CLS]``).
 
+    ``model``: a :class:`DiffusionBert` (put in eval mode for the call) or any
+    :class:`dbert_kernels.Denoiser` wrapping one.
+
     ``seq_len`` defaults to the training length ``settings.max_len``. ``token_info`` (the
     checkpoint's ``LoadedModel.token_info()``): with a spindle schedule and
     ``strategy="posterior"``, reveal with the per-token spindle schedule the model was trained
@@ -65,8 +68,9 @@ def sample_ids(
     use_info = token_info if (schedule.is_spindle and strategy == "posterior") else None
     if early_stop:
         options.update(stop_ids=[sp["sep"]], pad_id=sp["pad"])
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)  # a wrapper around the network has no modes
+    if was_training:
+        model.eval()
     try:
         return generate(
             model, mask_id=sp["mask"], batch_size=n, seq_len=seq_len, steps=steps, schedule=schedule,
@@ -75,7 +79,8 @@ def sample_ids(
             fixed=fixed.to(model.device), seed=seed, progress=progress, backend=backend, **options,
         )
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
 
 
 def decode(tokenizer: Any, ids: torch.Tensor, settings: DiffusionSettings) -> list[str]:
