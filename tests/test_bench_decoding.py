@@ -27,10 +27,10 @@ def test_smoke_run_writes_md_and_json(tmp_path):
                   "--eval-sentences", "8", "--no-progress"]) == 0
     out = tmp_path / "res"
     assert main(["--model", str(ckpt), "--data", str(CORPUS), "--batches", "2", "--lengths", "12", "--repeats", "1",
-                 "--profile-sentences", "8", "--settings", "posterior 16 steps;threshold 0.9, blocks 16, dual cache",
+                 "--profile-sentences", "8", "--settings", "posterior 16 steps;threshold 0.9, <= 16 calls, blocks 16, dual cache",
                  "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     names = [r["strategy"] for r in res["runs"]]
-    assert names == ["GPT-2 KV cache", "posterior 16 steps", "threshold 0.9, blocks 16, dual cache"]
+    assert names == ["GPT-2 KV cache", "posterior 16 steps", "threshold 0.9, <= 16 calls, blocks 16, dual cache"]
     assert all(r["tokens_per_s"] > 0 for r in res["runs"]) and 0 <= res["profile"]["argmax_accuracy"] <= 1
     assert "| 2 | 12 | posterior 16 steps |" in out.with_suffix(".md").read_text()
