@@ -178,7 +178,6 @@ def _gpt_runner(gpt: Any, batch: int, length: int) -> Any:
 
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import dbert_kernels as dk
     from dbert_model import decode, load_checkpoint, sample_ids
     from dbert_model.data import load_corpus
 
@@ -189,9 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus = load_corpus(args.data or "builtin")
     profile = confidence_profile(loaded, corpus.valid[: args.profile_sentences])
     print(f"confidence profile: {profile}", file=sys.stderr)
-    settings = list(SETTINGS)
-    if "return_entropy" in __import__("inspect").signature(dk.sample_absorbing).parameters:
-        settings += list(ENTROPY_SETTINGS)
+    settings = list(SETTINGS) + list(ENTROPY_SETTINGS)
     if args.settings:
         settings = [s for s in settings if any(key.strip() and key.strip() == s.name for key in args.settings.split(";"))]
     timed = _Timed(model)

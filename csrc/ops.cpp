@@ -27,8 +27,20 @@ namespace {
 
 using at::Tensor;
 
-Key make_key(int64_t seed_lo, int64_t seed_hi) {
-  return {static_cast<uint32_t>(seed_lo), static_cast<uint32_t>(seed_hi)};
+// The Philox key and offset from rng = [seed bit pattern, offset] (int64 [2], see
+// dbert_kernels.random.rng_tensor).
+struct Rng {
+  Key key;
+  uint32_t offset;
+};
+
+Rng read_rng(const Tensor& rng) {
+  TORCH_CHECK(rng.numel() == 2 && rng.scalar_type() == at::kLong,
+              "dbert_native: rng must be an int64 [2] tensor (seed bits, offset)");
+  const Tensor r = rng.to(at::kCPU).contiguous();
+  const int64_t* p = r.data_ptr<int64_t>();
+  const uint64_t bits = static_cast<uint64_t>(p[0]);
+  return {{static_cast<uint32_t>(bits), static_cast<uint32_t>(bits >> 32)}, static_cast<uint32_t>(p[1])};
 }
 
 // Runs fn(i) for i in [0, n) on up to at::get_num_threads() threads (this one included), handing
@@ -59,8 +71,7 @@ void check_cpu(const Tensor& t, const char* name) {
 
 std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, const Tensor& amp,
                                         const Tensor& info, const Tensor& protected_ids,
-                                        int64_t form, int64_t mask_id, int64_t seed_lo,
-                                        int64_t seed_hi, int64_t offset) {
+                                        const Tensor& rng, int64_t form, int64_t mask_id) {
   for (const Tensor* t : {&ids, &base, &amp, &info, &protected_ids}) check_cpu(*t, "every input");
   TORCH_CHECK(ids.dim() == 2, "dbert_native.spindle_mask: ids must be [B, L]");
   TORCH_CHECK(form >= 0 && form <= 2, "dbert_native.spindle_mask: form must be 0 (none), 1 (code), 2 (paper)");
@@ -77,7 +88,9 @@ std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, c
   const float* info_p = info_f.data_ptr<float>();
   const bool* prot_p = prot.data_ptr<bool>();
   bool* out_p = masked.data_ptr<bool>();
-  const Key key = make_key(seed_lo, seed_hi);
+  const Rng rn = read_rng(rng);
+  const Key key = rn.key;
+  const uint32_t offset = rn.offset;
   parallel_rows(batch, batch * length, [] { return 0; }, [&](int&, int64_t b) {
     {
       const int64_t* row = id_p + b * length;
@@ -125,11 +138,11 @@ const float* row_as_float(const scalar_t* data, int64_t stride, int64_t r, int64
   }
 }
 
-std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tensor>& ids,
-                                  const Tensor& unmask_prob, const Tensor& banned,
-                                  const Tensor& row_index, int64_t mask_id, double temperature,
-                                  int64_t top_k, double top_p, int64_t seed_lo, int64_t seed_hi,
-                                  int64_t offset) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tensor>& ids,
+                                                  const Tensor& unmask_prob, const Tensor& banned,
+                                                  const Tensor& row_index, const Tensor& rng, int64_t mask_id,
+                                                  double inv_temperature, bool greedy, int64_t top_k,
+                                                  double top_p, bool with_entropy, bool with_margin) {
   check_cpu(logits, "logits");
   TORCH_CHECK(logits.dim() == 2, "dbert_native.sample: logits must be [R, V]");
   const auto dtype = logits.scalar_type();
@@ -157,30 +170,38 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
   float* conf_p = conf.data_ptr<float>();
   const float* prob_p = prob.data_ptr<float>();
   const int64_t* row_p = rows.data_ptr<int64_t>();
-  const Key key = make_key(seed_lo, seed_hi);
-  const uint32_t off = static_cast<uint32_t>(offset);
+  const Rng rn = read_rng(rng);
+  const Key key = rn.key;
+  const uint32_t off = rn.offset;
+  Tensor entropy = at::empty({with_entropy ? n_rows : 0}, logits.options().dtype(at::kFloat));
+  Tensor margin = at::empty({with_margin ? n_rows : 0}, logits.options().dtype(at::kFloat));
+  float* ent_p = with_entropy ? entropy.data_ptr<float>() : nullptr;
+  float* mar_p = with_margin ? margin.data_ptr<float>() : nullptr;
 
   // The absorbing decision (cheap, serial), then the revealed rows in parallel.
   std::vector<int64_t> revealed;
   for (int64_t r = 0; r < n_rows; ++r) {
     const bool is_masked = tok_p[r] == mask_id;
     conf_p[r] = is_masked ? 0.0f : 1.0f;
+    if (ent_p != nullptr) ent_p[r] = is_masked ? NAN : 0.0f;
+    if (mar_p != nullptr) mar_p[r] = is_masked ? NAN : 1.0f;
     if (!is_masked) continue;
     const Words w = philox(key, 0, static_cast<uint32_t>(row_p[r]), kStreamUnmask, off);
     if (uniform_from_bits(w.w0) < prob_p[r]) revealed.push_back(r);
   }
-  if (revealed.empty()) return {tokens, conf};
+  if (revealed.empty()) return {tokens, conf, entropy, margin};
 
   SampleParams params;
-  params.greedy = temperature <= 0.0;
-  params.inv_t = static_cast<float>(1.0 / (params.greedy ? 1.0 : temperature));
+  params.greedy = greedy;
+  params.inv_t = static_cast<float>(inv_temperature);
   params.top_k = top_k;
   params.top_p = static_cast<float>(top_p);
+  params.with_entropy = with_entropy;
+  params.with_margin = with_margin;
   params.key = key;
   params.offset = off;
   const uint8_t* ban_p = reinterpret_cast<const uint8_t*>(ban.data_ptr<bool>());
   const int64_t n_rev = static_cast<int64_t>(revealed.size());
-  std::vector<RowStatus> status(n_rev, RowStatus::kOk);
 
   auto run = [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -199,8 +220,12 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
       const RowScratch scratch{sc.idx.data(), sc.vals.data(), sc.work.data(), sc.hist.data()};
       const int64_t r = revealed[i];
       const float* xr = row_as_float<scalar_t>(data, stride, r, vocab, sc.buf.data());
-      status[i] = sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch, tok_p + r,
-                             conf_p + r);
+      RowResult res;
+      sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch, &res);
+      tok_p[r] = res.token;
+      conf_p[r] = res.confidence;
+      if (ent_p != nullptr) ent_p[r] = res.entropy;
+      if (mar_p != nullptr) mar_p[r] = res.margin;
     });
   };
   if (dtype == at::kFloat) {
@@ -210,19 +235,12 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
   } else {
     run(c10::Half{});
   }
-  // Rows are checked while they are read (the rows that are not revealed are never read).
-  for (int64_t i = 0; i < n_rev; ++i) {
-    TORCH_CHECK_VALUE(status[i] != RowStatus::kNonFinite, "logits row ", revealed[i],
-                      " contains NaN or +inf; only finite values and -inf (a banned token) are allowed");
-    TORCH_CHECK_VALUE(status[i] != RowStatus::kNothingAllowed,
-                      "a row has no token with a finite logit outside banned_ids: nothing can be sampled");
-  }
-  return {tokens, conf};
+  // Rows that cannot be sampled hold token -1 and NaN (the caller decides whether that is an error).
+  return {tokens, conf, entropy, margin};
 }
 
 Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& confidence,
-                   const Tensor& k, int64_t mask_id, double gumbel_temperature, int64_t seed_lo,
-                   int64_t seed_hi, int64_t offset) {
+                   const Tensor& k, const Tensor& rng, int64_t mask_id, double gumbel_temperature) {
   for (const Tensor* t : {&ids, &candidates, &confidence, &k}) check_cpu(*t, "every input");
   TORCH_CHECK(ids.dim() == 2 && candidates.sizes() == ids.sizes() && confidence.sizes() == ids.sizes(),
               "dbert_native.topk_unmask: ids, candidates and confidence must share one [B, L] shape");
@@ -236,7 +254,9 @@ Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& co
   const int64_t* cand_p = cand.data_ptr<int64_t>();
   const float* conf_p = score_in.data_ptr<float>();
   const int64_t* k_p = k64.data_ptr<int64_t>();
-  const Key key = make_key(seed_lo, seed_hi);
+  const Rng rn = read_rng(rng);
+  const Key key = rn.key;
+  const uint32_t offset = rn.offset;
   const float gt = static_cast<float>(gumbel_temperature);
   struct RowBuffers {
     std::vector<int64_t> pos;
@@ -278,13 +298,13 @@ std::string build_info() {
 }  // namespace
 
 TORCH_LIBRARY(dbert_native, m) {
-  m.def("spindle_mask(Tensor ids, Tensor base, Tensor amp, Tensor info, Tensor protected_ids, int form, "
-        "int mask_id, int seed_lo, int seed_hi, int offset) -> (Tensor, Tensor)");
-  m.def("sample(Tensor logits, Tensor? ids, Tensor unmask_prob, Tensor banned, Tensor row_index, "
-        "int mask_id, float temperature, int top_k, float top_p, int seed_lo, int seed_hi, int offset) "
-        "-> (Tensor, Tensor)");
-  m.def("topk_unmask(Tensor ids, Tensor candidates, Tensor confidence, Tensor k, int mask_id, "
-        "float gumbel_temperature, int seed_lo, int seed_hi, int offset) -> Tensor");
+  m.def("spindle_mask(Tensor ids, Tensor base, Tensor amp, Tensor info, Tensor protected_ids, Tensor rng, "
+        "int form, int mask_id) -> (Tensor, Tensor)");
+  m.def("sample(Tensor logits, Tensor? ids, Tensor unmask_prob, Tensor banned, Tensor row_index, Tensor rng, "
+        "int mask_id, float inv_temperature, bool greedy, int top_k, float top_p, bool with_entropy, "
+        "bool with_margin) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("topk_unmask(Tensor ids, Tensor candidates, Tensor confidence, Tensor k, Tensor rng, int mask_id, "
+        "float gumbel_temperature) -> Tensor");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -18,6 +18,7 @@ from ._validation import BERT_UNCASED_SPECIAL_IDS
 from .backends import available_backends
 from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
+from .params import SamplingParams
 from .sampler import GenerateStats, build_template, generate, make_strategy
 from .schedules import Schedule, token_information
 from .strategies import STRATEGIES, Strategy
@@ -32,6 +33,7 @@ __all__ = [
     "Strategy",
     "Denoiser",
     "HFMaskedLMDenoiser",
+    "SamplingParams",
     "Schedule",
     "as_denoiser",
     "available_backends",

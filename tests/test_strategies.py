@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -20,8 +19,6 @@ from dbert_kernels.strategies import (
 
 V, MASK, PAD, CLS, SEP = 150, 103, 0, 101, 102
 BANNED = [PAD, CLS, SEP, MASK]
-HAS_EXTRAS = "return_entropy" in inspect.signature(dk.sample_absorbing).parameters
-needs_extras = pytest.mark.skipif(not HAS_EXTRAS, reason="sample_absorbing has no return_entropy/return_margin yet")
 
 
 def _den(seed: int = 0) -> BigramDenoiser:
@@ -87,16 +84,13 @@ def test_threshold_step_reveals_the_confident_positions_first():
 
 
 def test_entropy_bound_never_leaves_mask_and_counts_calls():
-    if not HAS_EXTRAS:
-        pytest.skip("sample_absorbing has no return_entropy yet")
     out, stats = generate(_den(), mask_id=MASK, batch_size=3, seq_len=20, steps=8, strategy="entropy_bound",
                           gamma=0.5, banned_ids=BANNED, progress=False, return_stats=True)
     assert not bool(torch.isin(out, torch.tensor(BANNED)).any())
     assert 1 <= stats.calls <= 8 and sum(stats.revealed) == 60
 
 
-@pytest.mark.parametrize("confidence", ["prob", pytest.param("margin", marks=needs_extras),
-                                        pytest.param("neg_entropy", marks=needs_extras)])
+@pytest.mark.parametrize("confidence", ["prob", "margin", "neg_entropy"])
 @pytest.mark.parametrize("strategy", ["topk", "threshold"])
 def test_confidence_measures_run_and_fill(strategy, confidence):
     kw = dict(mask_id=MASK, batch_size=2, seq_len=16, steps=5, strategy=strategy, confidence=confidence,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from ..params import SamplingParams
+from ..random import rng_tensor
 from . import custom_ops
-from .launch import INTERPRETED, rng_tensor
+from .launch import INTERPRETED
 from .masking import FORMS
 
-__all__ = ["spindle_mask", "sample", "sample_with_entropy", "topk_unmask", "INTERPRETED", "rng_tensor"]
+__all__ = ["spindle_mask", "sample", "topk_unmask", "INTERPRETED", "rng_tensor"]
 
 
 def spindle_mask(
@@ -33,53 +35,25 @@ def spindle_mask(
     return custom_ops.triton_spindle_mask(ids, base, amp, info, protected, rng, FORMS[form], mask_id)
 
 
-def sample_with_entropy(
-    logits: torch.Tensor,
-    ids: torch.Tensor | None,
-    unmask_prob: torch.Tensor,
-    banned: torch.Tensor,
-    row_index: torch.Tensor,
-    mask_id: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int,
-    offset: int,
-    with_entropy: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sample` plus the entropy (nats) of each sampled row's filtered distribution.
-
-    Returns ``(tokens, confidence, entropy)``; the entropy is 0 for rows not sampled (and an
-    empty tensor when ``with_entropy`` is False).
-    """
-    greedy = temperature == 0
-    inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
-    rng = rng_tensor(seed, offset, logits.device)
-    return custom_ops.triton_sample(
-        logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_t, greedy,
-        0 if top_k is None else top_k, 1.0 if top_p is None else top_p, with_entropy,
-    )
-
-
 def sample(
     logits: torch.Tensor,
     ids: torch.Tensor | None,
     unmask_prob: torch.Tensor,
-    banned: torch.Tensor,
     row_index: torch.Tensor,
     mask_id: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    params: SamplingParams,
     seed: int,
     offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbing-state categorical sampling; returns (tokens [R] int64, confidence [R] float32)."""
-    tokens, conf, _ = sample_with_entropy(
-        logits, ids, unmask_prob, banned, row_index, mask_id, temperature, top_k, top_p, seed, offset,
-        with_entropy=False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Absorbing-state categorical sampling: ``(tokens, confidence, entropy or None, None)``."""
+    if params.with_margin:
+        raise NotImplementedError("the Triton backend does not compute the margin yet")
+    rng = rng_tensor(seed, offset, logits.device)
+    tokens, conf, entropy = custom_ops.triton_sample(
+        logits, ids, unmask_prob, params.banned, row_index, rng, mask_id, params.inv_temperature,
+        params.greedy, params.top_k, params.top_p, params.with_entropy,
     )
-    return tokens, conf
+    return tokens, conf, entropy if params.with_entropy else None, None
 
 
 def topk_unmask(
