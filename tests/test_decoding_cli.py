@@ -42,3 +42,23 @@ def test_generate_bad_decoding_flags_exit_2_with_one_line(checkpoint, capsys, fl
     assert main(["generate", "--model", checkpoint, "-n", "1", "--steps", "4", "--no-progress", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and word in err[0]
+
+
+def test_spindle_checkpoint_samples_with_its_schedule_by_default(checkpoint, capsys, monkeypatch) -> None:
+    from dbert_kernels.strategies import SpindlePosteriorStep
+
+    calls = []
+    real = SpindlePosteriorStep.probability
+
+    def spy(self, ids, guess, s, t):
+        calls.append(self.reveal)
+        return real(self, ids, guess, s, t)
+
+    monkeypatch.setattr(SpindlePosteriorStep, "probability", spy)
+    base = ["generate", "--model", checkpoint, "-n", "2", "--steps", "4", "--no-progress"]
+    assert main(base) == 0 and calls and set(calls) == {"exact"}
+    calls.clear()
+    assert main([*base, "--reveal", "authors"]) == 0 and set(calls) == {"authors"}
+    calls.clear()
+    assert main([*base, "--sentence-level"]) == 0 and not calls
+    capsys.readouterr()
