@@ -1,6 +1,7 @@
 """Decoding strategies against GPT-2 with a KV cache: denoiser calls, tokens/s, text statistics.
 
-``python -m bench.decoding --model CHECKPOINT`` (CPU, one thread unless ``--threads``): for a
+``python -m bench.decoding --model CHECKPOINT`` (CPU, one thread unless ``--threads``;
+``--device cuda`` for the GPU run): for a
 trained DiffusionBERT checkpoint, reports
 
 * its confidence profile (at 50 % of the real tokens masked: the most likely token's
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from .e2e import TimedDenoiser
+from .timing import synchronize
 
 __all__ = ["Setting", "SETTINGS", "confidence_profile", "text_stats", "judge_perplexity", "run", "main"]
 
@@ -74,7 +76,7 @@ class _Timed(TimedDenoiser):
     """The bench's timed denoiser, passing the block cache through."""
 
     def __init__(self, inner: Any) -> None:
-        super().__init__(inner, torch.device("cpu"))
+        super().__init__(inner, inner.device)
         self.supports_cache = inner.supports_cache
         self.device = inner.device
 
@@ -96,7 +98,8 @@ def confidence_profile(loaded: Any, sentences: list[str], *, seed: int = 0) -> d
     masked = real & (torch.rand(ids.shape, generator=gen) < 0.5)
     noised = ids.masked_fill(masked, sp["mask"])
     t = torch.full((ids.shape[0],), loaded.settings.T / 2)
-    logits = loaded.model(noised, t=t, rows=masked)
+    device = loaded.model.device
+    logits = loaded.model(noised.to(device), t=t.to(device), rows=masked.to(device)).cpu()
     probs = torch.softmax(logits.float(), dim=-1)
     top = probs.max(dim=-1)
     return {
@@ -158,17 +161,19 @@ def build_gpt(loaded: Any, length: int, gpt_dir: str | None) -> Any:
     return GPT2LMHeadModel(conf).eval()
 
 
-def _gpt_runner(gpt: Any, batch: int, length: int) -> Any:
+def _gpt_runner(gpt: Any, batch: int, length: int, device: torch.device) -> Any:
     from transformers import GenerationConfig
 
     eos = gpt.config.eos_token_id if gpt.config.eos_token_id is not None else 0
     gen_cfg = GenerationConfig(do_sample=True, top_k=30, max_new_tokens=length, min_new_tokens=length,
                                pad_token_id=eos, eos_token_id=eos, bos_token_id=eos)
-    prompt = torch.full((batch, 1), eos, dtype=torch.long)
+    prompt = torch.full((batch, 1), eos, dtype=torch.long, device=device)
 
     def run() -> float:
+        synchronize(device)
         t0 = time.perf_counter()
         out = gpt.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=gen_cfg)
+        synchronize(device)
         if out.shape != (batch, length + 1):
             raise RuntimeError(f"GPT-2 generated {tuple(out.shape)}, expected {(batch, length + 1)}")
         return time.perf_counter() - t0
@@ -181,10 +186,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from dbert_model import decode, load_checkpoint, sample_ids
     from dbert_model.data import load_corpus
 
-    torch.set_num_threads(args.threads)
-    loaded = load_checkpoint(args.model, device="cpu")
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    loaded = load_checkpoint(args.model, device=device)
     model = loaded.model.eval()
-    info = loaded.token_info()
+    info = loaded.token_info().to(device)
     corpus = load_corpus(args.data or "builtin")
     profile = confidence_profile(loaded, corpus.valid[: args.profile_sentences])
     print(f"confidence profile: {profile}", file=sys.stderr)
@@ -195,8 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [(b, n) for b in args.batches for n in args.lengths]
     results: dict[str, Any] = {"profile": profile, "runs": [], "texts": {}}
     for batch, length in sizes:
-        gpt = build_gpt(loaded, length, args.gpt)
-        run_gpt = _gpt_runner(gpt, batch, length)
+        gpt = build_gpt(loaded, length, args.gpt).to(device)
+        run_gpt = _gpt_runner(gpt, batch, length, device)
         run_gpt()  # warm-up
 
         def run_setting(setting: Setting, seed: int, batch: int = batch, length: int = length) -> tuple[float, float, Any, Any]:
@@ -204,11 +211,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             opts = dict(setting.options)
             strategy = opts.pop("strategy", "posterior")
             spindle_info = None if opts.pop("sentence_level", False) else info
+            synchronize(device)
             t0 = time.perf_counter()
             ids, stats = sample_ids(
                 timed, loaded.settings, loaded.tokenizer, n=batch, steps=setting.steps or length, seq_len=length,
                 strategy=strategy, top_k=30, token_info=spindle_info, seed=seed, progress=False, return_stats=True, **opts,
             )
+            synchronize(device)
             elapsed = time.perf_counter() - t0
             if bool((ids == loaded.settings.special_ids["mask"]).any()):
                 raise RuntimeError("generation left [MASK] tokens: benchmark invalid")
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 128])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run: same tables)")
     p.add_argument("--profile-sentences", type=int, default=128)
     p.add_argument("--settings", default=None, help="semicolon-separated setting names to run (default: all)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results path without extension (.md and .json)")
@@ -297,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(args.model, "trainer_state.json")
     meta = {
         "command": "python -m bench.decoding " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "machine": f"{platform.processor() or platform.machine()} CPU, torch {torch.__version__}",
+        "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                    else f"{platform.processor() or platform.machine()} CPU") + f", torch {torch.__version__}",
         "model": args.model, "threads": args.threads, "repeats": args.repeats,
         "checkpoint_steps": json.loads(state.read_text())["step"] if state.is_file() else "?",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": time.time() - started,
