@@ -16,6 +16,7 @@ Every op takes ``backend="auto" | "reference" | "triton" | "native"``; see
 
 from ._validation import BERT_UNCASED_SPECIAL_IDS
 from .backends import available_backends
+from .cache import BlockCache, bert_layers, cached_encoder_pass, rows_in_span
 from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
 from .params import SamplingParams
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BERT_UNCASED_SPECIAL_IDS",
     "BigramDenoiser",
+    "BlockCache",
     "GenerateStats",
     "STRATEGIES",
     "Strategy",
@@ -37,9 +39,12 @@ __all__ = [
     "Schedule",
     "as_denoiser",
     "available_backends",
+    "bert_layers",
     "build_template",
+    "cached_encoder_pass",
     "generate",
     "make_strategy",
+    "rows_in_span",
     "sample",
     "sample_absorbing",
     "spindle_mask",

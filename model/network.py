@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dbert_kernels import Denoiser
-from dbert_kernels.cache import BlockCache, bert_layers, cached_encoder_pass, rows_in_span
+from dbert_kernels import BlockCache, Denoiser, bert_layers, cached_encoder_pass, rows_in_span
 
 from .settings import TIME_DESIGNS
 
