@@ -250,6 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "early_stopped_rows": stopped,
             })
             if (batch, length) == (max(args.batches), min(args.lengths)):
+                results["texts_of"] = [batch, length]
                 results["texts"][setting.name] = decode(loaded.tokenizer, last_ids[setting.name], loaded.settings)
         print(f"batch {batch} length {length}: GPT-2 {tokens / gpt_med:.0f} tok/s", file=sys.stderr)
     results["quality"] = {name: text_stats(texts) for name, texts in results["texts"].items()}
@@ -274,7 +275,8 @@ def to_markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
         share = "" if r["model_share"] is None else f"{r['model_share']:.0%}"
         lines.append(f"| {r['batch']} | {r['length']} | {r['strategy']} | {r['calls_per_seq']:.1f} | "
                      f"{r['tokens_per_s']:.0f} | {r['vs_gpt2']:.2f}x | {share} |")
-    lines += ["", "## Text statistics (batch 8, length 64 samples)", "",
+    batch, length = res.get("texts_of", ["?", "?"])
+    lines += ["", f"## Text statistics (batch {batch}, length {length} samples)", "",
               "| setting | distinct-1 | distinct-2 | rep-4 | words | judge PPL |", "|---|---|---|---|---|---|"]
     for name, q in res["quality"].items():
         judge = f"{q['judge_ppl']:.1f}" if "judge_ppl" in q else "owed"
