@@ -20,13 +20,21 @@ from typing import Any
 
 import torch
 
+from .cache import BlockCache, bert_layers, cached_encoder_pass, rows_in_span
+
 __all__ = ["Denoiser", "CallableDenoiser", "HFMaskedLMDenoiser", "BigramDenoiser", "as_denoiser"]
 
 
 class Denoiser:
-    """Base class: subclasses implement :meth:`logits` and set ``vocab_size``."""
+    """Base class: subclasses implement :meth:`logits` and set ``vocab_size``.
+
+    Optional: ``device`` (where the sampler puts the ids when not told), and ``supports_cache``
+    with :meth:`cached_logits` for the block cache of :mod:`dbert_kernels.cache`.
+    """
 
     vocab_size: int
+    device: torch.device | None = None
+    supports_cache: bool = False
 
     def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
         """Logits ``[rows.sum(), V]`` for the positions where ``rows`` is True."""
@@ -41,6 +49,12 @@ class Denoiser:
         if rows.shape != ids.shape or rows.dtype != torch.bool:
             raise ValueError(f"rows must be a bool tensor shaped like ids {tuple(ids.shape)}")
         return self.logits(ids, t, rows)
+
+    def cached_logits(
+        self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor, cache: BlockCache, batch_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Like :meth:`logits`, through ``cache`` (``batch_rows``: the rows' indices in the batch)."""
+        raise ValueError(f"{type(self).__name__} cannot take a block cache: pass cache=None")
 
 
 def _check_full_logits(out: Any, ids: torch.Tensor, who: str) -> torch.Tensor:
@@ -89,15 +103,32 @@ class HFMaskedLMDenoiser(Denoiser):
         base_name = getattr(model, "base_model_prefix", "")
         self.encoder = getattr(model, base_name, None) if base_name else None
         self.head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+        first = next(iter(model.parameters()), None)
+        self.device = first.device if first is not None else None
+        try:
+            self.supports_cache = self.encoder is not None and self.head is not None and bool(bert_layers(self.encoder))
+        except ValueError:
+            self.supports_cache = False
+
+    def _full_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        attn = None if self.pad_id is None else (ids != self.pad_id).long()
+        return self.encoder(input_ids=ids, attention_mask=attn).last_hidden_state
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        attn = None if self.pad_id is None else (ids != self.pad_id).long()
         if self.encoder is not None and self.head is not None:
-            hidden = self.encoder(input_ids=ids, attention_mask=attn).last_hidden_state
-            return self.head(hidden[rows])
+            return self.head(self._full_hidden(ids)[rows])
+        attn = None if self.pad_id is None else (ids != self.pad_id).long()
         out = self.model(input_ids=ids, attention_mask=attn)
         return _check_full_logits(out, ids, "the model")[rows]
+
+    @torch.no_grad()
+    def cached_logits(
+        self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor, cache: BlockCache, batch_rows: torch.Tensor
+    ) -> torch.Tensor:
+        key_mask = None if self.pad_id is None else ids != self.pad_id
+        hidden, first = cached_encoder_pass(self.encoder, ids, cache, batch_rows, self._full_hidden, key_mask=key_mask)
+        return self.head(hidden[rows_in_span(rows, first, hidden.shape[1])])
 
 
 class BigramDenoiser(Denoiser):
@@ -128,7 +159,10 @@ class BigramDenoiser(Denoiser):
 
 
 def as_denoiser(obj: Any, *, pad_id: int | None = None) -> Denoiser:
-    """Wrap ``obj`` (a Denoiser, a Hugging Face masked LM, or a callable) as a :class:`Denoiser`."""
+    """Wrap ``obj`` (a Denoiser, a Hugging Face masked LM, or a callable) as a :class:`Denoiser`.
+
+    A :class:`Denoiser` (such as the project's ``DiffusionBert``) is returned as it is.
+    """
     if isinstance(obj, Denoiser):
         return obj
     if hasattr(obj, "config") and hasattr(obj.config, "vocab_size") and isinstance(obj, torch.nn.Module):

@@ -1,35 +1,45 @@
 """The reverse-process loop: generation from all ``[MASK]`` with any denoiser.
 
-``generate`` starts every free position at ``[MASK]`` and walks the time grid
-``t_k = T (steps - k) / steps`` from ``T`` down to 0 (step skipping: ``steps`` is usually far
-below ``T``). At each step from ``t`` to ``s``:
+``generate`` starts every free position at ``[MASK]`` and, block by block (one block, the whole
+sequence, unless ``block_length`` is given), runs a short loop: build the step's
+:class:`~dbert_kernels.strategies.StepState`, let the strategy turn it into new ids, optionally
+end rows that have written their stop id, repeat until the block has no ``[MASK]`` left or its
+share of ``steps`` is used. The strategies (:mod:`dbert_kernels.strategies`) hold the reveal
+rules; fixed-schedule ones walk the time grid ``t_k = T (n - k) / n`` of the block's ``n`` steps
+from ``T`` down to 0, so their last step reveals everything.
 
-* ``strategy="posterior"`` (DiffusionBERT): each masked position is revealed with probability
-  ``(alphabar_s - alphabar_t) / (1 - alphabar_t)`` of the schedule's sentence-level alphabar,
-  and takes a token sampled from the denoiser's filtered distribution.
-* ``strategy="topk"`` (MaskGIT / LLaDA): every masked position samples a candidate; the
-  ``k_b`` most confident are revealed, where ``k_b`` brings the row's masked count to
-  ``round(n_free_b * (1 - alphabar_s))``.
-
-Either way the last step (s = 0) reveals everything, so no ``[MASK]`` is left. The denoiser is
-asked only for the rows that the step needs, and not at all when a step reveals nothing.
-Randomness is counter-based (seed, position, step): the same seed gives the same text on every
-backend, and the posterior decisions do not depend on the denoiser's outputs.
+The denoiser is asked only for the positions a step needs, and only for the batch rows that have
+such positions (a row with nothing in play costs nothing); a step that needs no logits makes no
+call. With ``cache`` the calls go through a block key/value cache (:mod:`dbert_kernels.cache`).
+Randomness is counter-based (seed, position, global step): the same seed gives the same text on
+every backend, and the posterior's reveal decisions do not depend on the denoiser's outputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ._validation import IdsLike, check_ids_in_range, check_seed, default_banned
-from .denoisers import as_denoiser
-from .ops import sample_absorbing, topk_unmask, unmask_decision
+from .cache import BlockCache
+from .denoisers import Denoiser, as_denoiser
 from .schedules import Schedule
+from .strategies import (
+    STRATEGIES,
+    EntropyBoundStep,
+    PosteriorStep,
+    Sampling,
+    SpindlePosteriorStep,
+    StepState,
+    Strategy,
+    ThresholdStep,
+    TopKStep,
+)
 
-__all__ = ["generate", "build_template"]
+__all__ = ["generate", "build_template", "make_strategy", "GenerateStats"]
 
 
 def build_template(
@@ -74,6 +84,119 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
+@dataclass
+class GenerateStats:
+    """What a generation cost.
+
+    Attributes:
+        calls: denoiser calls (forward passes of the network).
+        steps: steps run (a step that reveals nothing makes no call).
+        rows_forwarded: batch rows the network ran on, summed over calls (rows with nothing
+            to reveal are skipped); ``rows_forwarded / batch_size`` is the calls per sequence.
+        positions_forwarded: token positions the network ran on, summed over calls (with a
+            cache, only the block's positions between refreshes).
+        early_stopped_rows: rows that ended with a stop id before the last step.
+        filled_positions: masked positions after a row's stop id filled with ``pad_id``.
+        revealed: positions revealed at each step (one entry per step).
+    """
+
+    calls: int = 0
+    steps: int = 0
+    rows_forwarded: int = 0
+    positions_forwarded: int = 0
+    early_stopped_rows: int = 0
+    filled_positions: int = 0
+    revealed: list[int] = field(default_factory=list)
+
+    def calls_per_sequence(self, batch_size: int) -> float:
+        return self.rows_forwarded / batch_size
+
+
+def make_strategy(
+    strategy: str | Strategy,
+    schedule: Schedule,
+    *,
+    token_info: torch.Tensor | None = None,
+    reveal: str = "exact",
+    special_ids: IdsLike = None,
+    gumbel_temperature: float = 0.0,
+    confidence: str = "prob",
+    threshold: float = 0.9,
+    gamma: float = 0.1,
+    min_per_step: int = 1,
+    max_per_step: int | None = None,
+) -> Strategy:
+    """The :class:`~dbert_kernels.strategies.Strategy` named by ``strategy`` (see :func:`generate`)."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES} or a Strategy, got {strategy!r}")
+    if token_info is not None and strategy != "posterior":
+        raise ValueError("token_info needs strategy='posterior' and a spindle schedule (spindle_lambda > 0)")
+    if strategy == "posterior":
+        if token_info is None:
+            return PosteriorStep(schedule)
+        return SpindlePosteriorStep(schedule, token_info, reveal=reveal, special_ids=special_ids)
+    if strategy == "topk":
+        return TopKStep(schedule, gumbel_temperature=gumbel_temperature, confidence=confidence)
+    if strategy == "threshold":
+        return ThresholdStep(threshold, min_per_step=min_per_step, max_per_step=max_per_step, confidence=confidence)
+    return EntropyBoundStep(gamma, min_per_step=min_per_step, max_per_step=max_per_step)
+
+
+def _blocks(seq_len: int, block_length: int | None) -> list[tuple[int, int]]:
+    if block_length is None:
+        return [(0, seq_len)]
+    _check_positive_int(block_length, "block_length")
+    return [(a, min(a + block_length, seq_len)) for a in range(0, seq_len, block_length)]
+
+
+class _Ask:
+    """Calls the denoiser for the rows a step needs; counts calls; runs the block cache."""
+
+    def __init__(self, den: Denoiser, stats: GenerateStats, cache: BlockCache | None) -> None:
+        self.den = den
+        self.stats = stats
+        self.cache = cache
+
+    def __call__(self, ids: torch.Tensor, t: float, rows: torch.Tensor) -> torch.Tensor:
+        batch = ids.shape[0]
+        needed = rows.any(dim=1)
+        if self.cache is not None and self.cache.needs_refresh():
+            needed = needed | (ids == self.cache.mask_id).any(dim=1)  # a refresh fills every live row
+        sel = None if bool(needed.all()) else needed.nonzero().squeeze(1)
+        sub_ids, sub_rows = (ids, rows) if sel is None else (ids[sel], rows[sel])
+        t_rows = torch.full((sub_ids.shape[0],), t, dtype=torch.float32, device=ids.device)
+        self.stats.calls += 1
+        self.stats.rows_forwarded += sub_ids.shape[0]
+        if self.cache is None:
+            self.stats.positions_forwarded += sub_ids.numel()
+            return self.den(sub_ids, t=t_rows, rows=sub_rows)
+        start, end = self.cache.span(sub_ids.shape[1])
+        self.stats.positions_forwarded += sub_ids.shape[0] * (end - start)
+        batch_rows = torch.arange(batch, device=ids.device) if sel is None else sel
+        return self.den.cached_logits(sub_ids, t_rows, sub_rows, self.cache, batch_rows)
+
+
+def _stop_early(ids: torch.Tensor, mask_id: int, stop: torch.Tensor, pad_id: int, stats: GenerateStats) -> None:
+    """Fill the masks after the first stop id of every row whose text before it is complete."""
+    masked = ids == mask_id
+    live = masked.any(dim=1)
+    if not bool(live.any()):
+        return
+    is_stop = torch.isin(ids, stop)
+    length = ids.shape[1]
+    pos = torch.arange(length, device=ids.device)
+    first_stop = torch.where(is_stop, pos, torch.full_like(pos, length)).min(dim=1).values
+    first_mask = torch.where(masked, pos, torch.full_like(pos, length)).min(dim=1).values
+    ended = live & (first_stop < first_mask)  # a stop id with nothing masked before it
+    if bool(ended.any()):
+        fill = ended[:, None] & masked
+        stats.early_stopped_rows += int(ended.sum())
+        stats.filled_positions += int(fill.sum())
+        ids.masked_fill_(fill, pad_id)
+
+
 @torch.no_grad()
 def generate(
     denoiser: Any,
@@ -83,7 +206,7 @@ def generate(
     seq_len: int = 64,
     steps: int = 16,
     schedule: Schedule | None = None,
-    strategy: Literal["posterior", "topk"] = "posterior",
+    strategy: str | Strategy = "posterior",
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -92,145 +215,155 @@ def generate(
     prefix: torch.Tensor | Sequence[int] | None = None,
     fixed: torch.Tensor | None = None,
     token_info: torch.Tensor | None = None,
+    reveal: str = "exact",
+    special_ids: IdsLike = None,
+    confidence: str = "prob",
+    threshold: float = 0.9,
+    gamma: float = 0.1,
+    min_per_step: int = 1,
+    max_per_step: int | None = None,
+    block_length: int | None = None,
+    stop_ids: IdsLike = None,
+    pad_id: int | None = None,
+    cache: str | None = None,
+    refresh_every: int | None = None,
     seed: int = 0,
     progress: bool = True,
     backend: str = "auto",
     device: torch.device | str | None = None,
-) -> torch.Tensor:
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, GenerateStats]:
     """Generate ``[batch_size, seq_len]`` token ids by the reverse diffusion process.
 
     Args:
-        denoiser: a :class:`~dbert_kernels.denoisers.Denoiser`, a Hugging Face masked LM, or a
-            callable ``ids [B, L] -> logits [B, L, V]`` (see :func:`as_denoiser`).
+        denoiser: a :class:`~dbert_kernels.denoisers.Denoiser` (the project's ``DiffusionBert``
+            is one), a Hugging Face masked LM, or a callable ``ids [B, L] -> logits [B, L, V]``
+            (see :func:`as_denoiser`).
         mask_id: the ``[MASK]`` id.
-        steps: number of denoising steps (>= 1).
-        schedule: noise schedule (default: linear D3PM; only its sentence-level alphabar is used).
-        strategy: ``"posterior"`` or ``"topk"`` (see the module docstring).
+        steps: denoising steps (>= 1); for the adaptive strategies (``threshold``,
+            ``entropy_bound``) an upper bound on the denoiser calls. With blocks, the steps are
+            shared out over the blocks (``steps >= `` the number of blocks).
+        schedule: noise schedule (default: linear D3PM).
+        strategy: ``"posterior"``, ``"topk"``, ``"threshold"``, ``"entropy_bound"`` or a
+            :class:`~dbert_kernels.strategies.Strategy` (see :mod:`dbert_kernels.strategies`).
         temperature, top_k, top_p, banned_ids: as in :func:`~dbert_kernels.sample_absorbing`
             (``mask_id`` is always banned).
         gumbel_temperature: Gumbel noise on the confidence for ``strategy="topk"``.
         prefix, fixed: tokens to condition on (:func:`build_template`); never changed.
-        token_info: ``[V]`` token information of a spindle ``schedule`` (``strategy="posterior"``
-            only): reveal probabilities then follow the per-token spindle alphabar of each
-            position's most likely token (the authors' sampler: the clean token is unknown, so
-            the information of ``argmax x0_hat`` stands in). Every masked row's logits are then
-            needed at every step. None (default): the sentence-level alphabar.
-        seed: Philox seed; the step index is the counter offset.
+        token_info: ``[V]`` token information of a spindle ``schedule`` (``strategy="posterior"``):
+            reveal probabilities then follow the per-token spindle keep probability
+            (:class:`~dbert_kernels.strategies.SpindlePosteriorStep`); None: the sentence-level
+            alphabar.
+        reveal: with ``token_info``: ``"exact"`` (the per-token posterior) or ``"authors"`` (the
+            authors' released sampler's rule).
+        special_ids: with ``token_info``: ids kept out of the spindle sentence mean (default:
+            ``banned_ids``).
+        confidence: ``"prob"``, ``"margin"`` or ``"neg_entropy"`` (``topk`` and ``threshold``).
+        threshold: ``strategy="threshold"``: reveal confidences above this, in (0, 1].
+        gamma: ``strategy="entropy_bound"``: the entropy bound (nats, > 0).
+        min_per_step, max_per_step: reveal bounds per row and step of the adaptive strategies.
+        block_length: decode left-to-right blocks of this many positions, each to completion
+            before the next opens (None: one block, the whole sequence).
+        stop_ids: ids that end a row (e.g. ``[SEP]``); a row whose first stop id has nothing
+            masked before it gets its remaining masks filled with ``pad_id`` and no more calls
+            (counted in the stats). None: off.
+        pad_id: the fill id of ``stop_ids``.
+        cache: ``"prefix"`` or ``"dual"``: per-layer keys/values of the positions outside the
+            current block are computed once per block (and every ``refresh_every`` calls) and
+            reused; the network then runs only on the block (dual) or the block and what follows
+            (prefix). An approximation for a bidirectional model; needs a denoiser that can take
+            a cache (``supports_cache``) and ``block_length``. None: off.
+        refresh_every: with ``cache``: recompute the cache every this many calls (1: every
+            call, which equals no cache exactly). None: once per block.
+        seed: Philox seed; the global step index is the counter offset.
         progress: show a progress bar over the steps.
         backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"native"`` for the sampling ops.
-        device: where the ids live (default: the denoiser's parameters' device, else CPU).
+        device: where the ids live (default: the device of ``fixed`` / ``prefix`` when they are
+            tensors, else the denoiser's ``device``, else the CPU).
+        on_step: called after every step as ``on_step(step, ids, revealed)`` (``revealed``:
+            ``[B, L]`` bool, the positions this step revealed or filled).
+        return_stats: also return a :class:`GenerateStats`.
 
     Returns:
-        ``[batch_size, seq_len]`` int64 ids with no ``mask_id`` left.
+        ``[batch_size, seq_len]`` int64 ids with no ``mask_id`` left; with ``return_stats``,
+        ``(ids, stats)``.
     """
     _check_positive_int(batch_size, "batch_size")
     _check_positive_int(seq_len, "seq_len")
     _check_positive_int(steps, "steps")
     check_seed(seed)
-    if strategy not in ("posterior", "topk"):
-        raise ValueError(f"strategy must be 'posterior' or 'topk', got {strategy!r}")
     schedule = schedule or Schedule()
-    if token_info is not None and (strategy != "posterior" or not schedule.is_spindle):
-        raise ValueError("token_info needs strategy='posterior' and a spindle schedule (spindle_lambda > 0)")
+    if special_ids is None:
+        special_ids = banned_ids
+    rule = make_strategy(
+        strategy, schedule, token_info=token_info, reveal=reveal, special_ids=special_ids,
+        gumbel_temperature=gumbel_temperature, confidence=confidence, threshold=threshold, gamma=gamma,
+        min_per_step=min_per_step, max_per_step=max_per_step,
+    )
+    blocks = _blocks(seq_len, block_length)
+    if steps < len(blocks):
+        raise ValueError(f"steps={steps} is fewer than the {len(blocks)} blocks of block_length={block_length}")
+    if refresh_every is not None:
+        _check_positive_int(refresh_every, "refresh_every")
+    if stop_ids is not None and pad_id is None:
+        raise ValueError("stop_ids needs pad_id (the id that fills a row after its stop id)")
     den = as_denoiser(denoiser)
+    kv = None
+    if cache is not None:
+        kv = BlockCache(cache, mask_id=mask_id, batch_size=batch_size, refresh_every=refresh_every)
+        if not getattr(den, "supports_cache", False):
+            raise ValueError(
+                f"cache={cache!r}: {type(denoiser).__name__} cannot take a block cache (it needs a BERT-style "
+                "encoder: a Hugging Face BertModel-like masked LM or DiffusionBert); pass cache=None"
+            )
     if device is None:
-        params = getattr(denoiser, "parameters", None)
-        first = next(iter(params()), None) if callable(params) else None
-        device = first.device if first is not None else torch.device("cpu")
+        given = next((x for x in (fixed, prefix) if isinstance(x, torch.Tensor)), None)
+        device = given.device if given is not None else getattr(den, "device", None) or torch.device("cpu")
     ids = build_template(batch_size, seq_len, mask_id, prefix=prefix, fixed=fixed, device=device)
-    n_rows = batch_size * seq_len
-    row_index = torch.arange(n_rows, device=ids.device)
-    n_free = (ids == mask_id).sum(dim=1)
+    row_index = torch.arange(batch_size * seq_len, device=ids.device)
     vocab = getattr(den, "vocab_size", 0) or None
     if vocab is not None:
         banned_ids = default_banned(banned_ids, vocab)
         check_ids_in_range(ids, vocab, "the fixed / prefix ids")
-
-    grid = [schedule.T * (steps - k) / steps for k in range(steps + 1)]
+    sampling = Sampling(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                        banned_ids=banned_ids, seed=seed, backend=backend)
+    stop = None if stop_ids is None else torch.as_tensor(list(stop_ids), dtype=torch.int64, device=ids.device)
+    stats = GenerateStats()
+    ask = _Ask(den, stats, kv)
+    share = [steps // len(blocks) + (1 if i < steps % len(blocks) else 0) for i in range(len(blocks))]
+    pos = torch.arange(seq_len, device=ids.device)
+    offset = 0
     bar = _progress(steps, progress)
     try:
-        for k in range(steps):
-            t, s = grid[k], grid[k + 1]
-            masked = ids == mask_id
-            if not bool(masked.any()):
-                break
-            t_rows = torch.full((batch_size,), t, dtype=torch.float32, device=ids.device)
-            if strategy == "posterior" and token_info is not None:
-                flat = masked.reshape(-1)
-                logits = den(ids, t=t_rows, rows=masked)
-                prob = _spindle_reveal_probability(schedule, token_info, ids, flat, logits, s, t, banned_ids)
-                tokens, _ = sample_absorbing(
-                    logits, ids.view(-1)[flat], mask_id=mask_id, unmask_prob=prob,
-                    temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned_ids,
-                    seed=seed, offset=k, row_index=row_index[flat], backend=backend,
-                )
-                ids.view(-1)[flat] = tokens
-            elif strategy == "posterior":
-                prob = float(schedule.unmask_probability(s, t))
-                reveal = unmask_decision(masked.reshape(-1), prob, seed=seed, offset=k, row_index=row_index)
-                if bool(reveal.any()):
-                    logits = den(ids, t=t_rows, rows=reveal.view_as(ids))
-                    tokens, _ = sample_absorbing(
-                        logits, None, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                        top_p=top_p, banned_ids=banned_ids, seed=seed, offset=k,
-                        row_index=row_index[reveal], backend=backend,
-                    )
-                    ids.view(-1)[reveal] = tokens
-            else:
-                target = torch.round(n_free.double() * (1.0 - float(schedule.alphabar(s)))).long()
-                count = (masked.sum(dim=1) - target).clamp(min=0)
-                if bool((count > 0).any()):
-                    flat = masked.reshape(-1)
-                    logits = den(ids, t=t_rows, rows=masked)
-                    tokens, conf = sample_absorbing(
-                        logits, None, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                        top_p=top_p, banned_ids=banned_ids, seed=seed, offset=k,
-                        row_index=row_index[flat], backend=backend,
-                    )
-                    candidates = ids.clone()
-                    candidates.view(-1)[flat] = tokens
-                    confidence = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-                    confidence.view(-1)[flat] = conf
-                    ids = topk_unmask(
-                        ids, candidates, confidence, count, mask_id=mask_id,
-                        gumbel_temperature=gumbel_temperature, seed=seed, offset=k, backend=backend,
-                    )
-            bar.update(1)
+        for (start, end), budget in zip(blocks, share, strict=True):
+            in_block = (pos >= start) & (pos < end)
+            n_free = ((ids == mask_id) & in_block).sum(dim=1)
+            if kv is not None:
+                kv.open_block(start, end)
+            grid = [schedule.T * (budget - k) / budget for k in range(budget + 1)]
+            for k in range(budget):
+                in_play = (ids == mask_id) & in_block
+                if not bool(in_play.any()):
+                    break
+                state = StepState(ids=ids, in_play=in_play, n_free=n_free, t=grid[k], s=grid[k + 1],
+                                  offset=offset + k, steps_left=budget - k, row_index=row_index)
+                before = ids.clone()
+                ids = rule.step(state, ask, sampling)
+                if stop is not None:
+                    _stop_early(ids, mask_id, stop, pad_id, stats)
+                revealed = ids != before
+                stats.steps += 1
+                stats.revealed.append(int(revealed.sum()))
+                if on_step is not None:
+                    on_step(offset + k, ids, revealed)
+                bar.update(1)
+            offset += budget
     finally:
         bar.close()
-    if bool((ids == mask_id).any()):  # pragma: no cover - guaranteed by alphabar(0) = 1
+    if bool((ids == mask_id).any()):  # pragma: no cover - guaranteed by the last step of every block
         raise RuntimeError("generation ended with [MASK] tokens left; please report this as a bug")
-    return ids
-
-
-def _spindle_reveal_probability(
-    schedule: Schedule,
-    token_info: torch.Tensor,
-    ids: torch.Tensor,
-    flat_masked: torch.Tensor,
-    logits: torch.Tensor,
-    s: float,
-    t: float,
-    banned_ids: IdsLike,
-) -> torch.Tensor:
-    """Per-position reveal probability ``[n_masked]`` under the token-level spindle alphabar."""
-    info = token_info.to(device=ids.device, dtype=torch.float32)
-    if info.dim() != 1 or info.numel() != logits.shape[1]:
-        raise ValueError(f"token_info must be [V] = [{logits.shape[1]}], got {tuple(token_info.shape)}")
-    if s <= 0:  # the last step reveals everything (the code form's keep probability stops at 0.999)
-        return torch.ones(int(flat_masked.sum()), dtype=torch.float32, device=ids.device)
-    guess = ids.clone()
-    guess.view(-1)[flat_masked] = logits.argmax(dim=1).to(guess.dtype)
-    special = torch.as_tensor(list(banned_ids) if banned_ids is not None else [], dtype=torch.int64)
-    valid = ~torch.isin(guess, special.to(ids.device))
-    guess_info = info[guess]
-    batch = ids.shape[0]
-    times = torch.tensor([t, s], dtype=torch.float64)
-    keep_t = schedule.token_alphabar(times[0].expand(batch), guess_info, valid)
-    keep_s = schedule.token_alphabar(times[1].expand(batch), guess_info, valid)
-    denom = (1.0 - keep_t).clamp(min=1e-12)
-    prob = ((keep_s - keep_t) / denom).clamp(0.0, 1.0)
-    return prob.reshape(-1)[flat_masked]
+    return (ids, stats) if return_stats else ids
 
 
 class _NoBar:

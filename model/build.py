@@ -98,23 +98,24 @@ def build_model(source: Any, time_design: str = "tad", T: float = 1000.0) -> Dif
 
 
 class DiffusionBertDenoiser(Denoiser):
-    """Adapter that lets :func:`dbert_kernels.generate` drive a :class:`DiffusionBert`.
+    """A :class:`DiffusionBert` held as a plain :class:`dbert_kernels.Denoiser` (``.model``).
 
-    ``logits(ids, t, rows)`` returns ``[rows.sum(), V]``; the LM head runs only on those rows.
-    ``t`` is passed to the network (used by ``lte`` / ``pte``, ignored by ``tad``).
+    :class:`DiffusionBert` is itself a denoiser; this wrapper keeps it out of ``nn.Module``
+    plumbing (bench timers wrap it). Calls go straight to the network.
     """
 
     def __init__(self, model: DiffusionBert) -> None:
         self.model = model
         self.vocab_size = model.vocab_size
+        self.device = model.device
+        self.supports_cache = model.supports_cache
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        """The network's parameters (the sampler reads the device from them)."""
-        return self.model.parameters()
-
-    @torch.no_grad()
     def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        return self.model(ids, t=t, rows=rows)
+        return self.model.logits(ids, t, rows)
+
+    def cached_logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor, cache: Any,
+                      batch_rows: torch.Tensor) -> torch.Tensor:
+        return self.model.cached_logits(ids, t, rows, cache, batch_rows)
 
 
 def build_denoiser(

@@ -34,8 +34,9 @@ def _non_negative_int(text: str) -> int:
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=64, help="denoising steps (default 64)")
-    p.add_argument("--strategy", choices=("posterior", "topk"), default="posterior",
-                   help="posterior: DiffusionBERT's absorbing posterior; topk: confidence-based unmasking")
+    p.add_argument("--strategy", choices=("posterior", "topk", "threshold", "entropy_bound"), default="posterior",
+                   help="posterior: DiffusionBERT's absorbing posterior; topk: confidence-based unmasking; "
+                   "threshold / entropy_bound: adaptive (--steps is then an upper bound), see docs/decoding.md")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=30, help="top-k filter (paper: 30; 0 = off)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus filter in (0, 1]")
@@ -104,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--show-ids", action="store_true", help="also print the token ids")
     g.add_argument("--no-progress", action="store_true")
     _add_sampling(g)
+    g.add_argument("--threshold", type=float, default=0.9, help="threshold strategy: reveal confidences above this")
+    g.add_argument("--gamma", type=float, default=0.1, help="entropy_bound strategy: the entropy bound (nats)")
+    g.add_argument("--confidence", choices=("prob", "margin", "neg_entropy"), default="prob",
+                   help="confidence measure of topk / threshold")
+    g.add_argument("--min-per-step", type=_positive_int, default=1, help="adaptive strategies: reveals per step, at least")
+    g.add_argument("--max-per-step", type=_positive_int, default=None, help="adaptive strategies: reveals per step, at most")
+    g.add_argument("--block-length", type=int, default=None, help="decode left-to-right blocks of this many positions")
+    g.add_argument("--cache", choices=("prefix", "dual"), default=None, help="block key/value cache (needs --block-length)")
+    g.add_argument("--refresh-every", type=int, default=None, help="recompute the cache every N calls (default: per block)")
+    g.add_argument("--reveal", choices=("exact", "authors"), default="exact",
+                   help="spindle checkpoints, posterior strategy: exact per-token posterior or the authors' rule")
+    g.add_argument("--sentence-level", action="store_true",
+                   help="spindle checkpoints: reveal with the sentence-level alphabar instead of the per-token schedule")
+    g.add_argument("--early-stop", action="store_true", help="fill a row with [PAD] once its [SEP] has nothing masked before it")
+    g.add_argument("--show-steps", action="store_true", help="print the canvas after every step (revealed tokens in *stars*)")
 
     e = sub.add_parser("eval", help="ELBO perplexity, BLEU-4 and Self-BLEU",
                        description="Evaluate a checkpoint: ELBO perplexity per word on held-out data, BLEU-4 of "
@@ -204,28 +220,53 @@ def _check_seq_len(loaded: Any, seq_len: int | None) -> None:
         )
 
 
-def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str]]:
+_DECODING_FLAGS = ("threshold", "gamma", "confidence", "min_per_step", "max_per_step", "block_length", "cache",
+                   "refresh_every")
+
+
+def _show_step(tokenizer: Any, mask_id: int) -> Any:
+    def show(step: int, ids: Any, revealed: Any) -> None:
+        for row in range(ids.shape[0]):
+            if not bool(revealed[row].any()):
+                continue
+            toks = tokenizer.convert_ids_to_tokens(ids[row].tolist())
+            words = [f"*{w}*" if bool(r) else ("_" if i == mask_id else w)
+                     for w, i, r in zip(toks, ids[row].tolist(), revealed[row].tolist(), strict=True)]
+            print(f"step {step:3d} [{row}] +{int(revealed[row].sum()):<3d} {' '.join(words)}")
+
+    return show
+
+
+def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str], Any]:
     from .generation import decode, sample_ids
 
     _check_seq_len(loaded, getattr(args, "seq_len", None))
-    ids = sample_ids(
+    spindle = loaded.settings.build_schedule().is_spindle and not getattr(args, "sentence_level", False)
+    options = {name: getattr(args, name) for name in _DECODING_FLAGS if hasattr(args, name)}
+    if getattr(args, "show_steps", False):
+        options["on_step"] = _show_step(loaded.tokenizer, loaded.settings.special_ids["mask"])
+    ids, stats = sample_ids(
         loaded.model, loaded.settings, loaded.tokenizer, n=n, steps=args.steps, seq_len=getattr(args, "seq_len", None),
         strategy=args.strategy, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-        seed=args.seed, progress=not args.no_progress, backend=args.backend,
+        token_info=loaded.token_info().to(loaded.model.device) if spindle else None,
+        reveal=getattr(args, "reveal", "exact"), early_stop=getattr(args, "early_stop", False),
+        seed=args.seed, progress=not args.no_progress, backend=args.backend, return_stats=True, **options,
     )
-    return ids, decode(loaded.tokenizer, ids, loaded.settings)
+    return ids, decode(loaded.tokenizer, ids, loaded.settings), stats
 
 
 def _generate(args: argparse.Namespace) -> None:
     loaded = _load(args)
     start = time.perf_counter()
-    ids, texts = _sample(loaded, args, args.num)
+    ids, texts, stats = _sample(loaded, args, args.num)
     elapsed = time.perf_counter() - start
     for i, text in enumerate(texts):
         print(f"[{i}] {text}")
         if args.show_ids:
             print(f"    ids: {ids[i].tolist()}")
-    print(f"({args.num} x {ids.shape[1]} tokens, {args.steps} steps, {elapsed:.2f} s)", file=sys.stderr)
+    stopped = f", {stats.early_stopped_rows} rows stopped early" if stats.early_stopped_rows else ""
+    print(f"({args.num} x {ids.shape[1]} tokens, {args.strategy}, {stats.calls} denoiser calls (at most {args.steps}), "
+          f"{stats.calls_per_sequence(args.num):.1f} per sequence{stopped}, {elapsed:.2f} s)", file=sys.stderr)
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -252,7 +293,7 @@ def _eval(args: argparse.Namespace) -> None:
         seed=args.seed, progress=not args.no_progress, backend=args.backend,
     ))
     if args.samples:
-        _, texts = _sample(loaded, args, args.samples)
+        _, texts, _ = _sample(loaded, args, args.samples)
         refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
         results.update({"samples": args.samples, "steps": args.steps, "bleu4": bleu4(texts, refs),
                         "self_bleu4": self_bleu(texts), "example": texts[:3]})

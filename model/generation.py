@@ -8,7 +8,6 @@ import torch
 
 from dbert_kernels import generate
 
-from .build import DiffusionBertDenoiser
 from .network import DiffusionBert
 from .settings import DiffusionSettings
 
@@ -27,7 +26,7 @@ def banned_ids(tokenizer: Any, settings: DiffusionSettings) -> list[int]:
 
 
 def sample_ids(
-    model: DiffusionBert,
+    model: DiffusionBert | Any,
     settings: DiffusionSettings,
     tokenizer: Any,
     *,
@@ -38,28 +37,50 @@ def sample_ids(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    token_info: torch.Tensor | None = None,
+    reveal: str = "exact",
+    early_stop: bool = False,
     seed: int = 0,
     progress: bool = True,
     backend: str = "auto",
-) -> torch.Tensor:
+    **options: Any,
+) -> Any:
     """``[n, seq_len]`` ids generated from all ``[MASK]`` (position 0 fixed to ``[CLS]``).
 
-    ``seq_len`` defaults to the training length ``settings.max_len``.
+    ``model``: a :class:`DiffusionBert` (put in eval mode for the call) or any
+    :class:`dbert_kernels.Denoiser` wrapping one.
+
+    ``seq_len`` defaults to the training length ``settings.max_len``. ``token_info`` (the
+    checkpoint's ``LoadedModel.token_info()``): with a spindle schedule and
+    ``strategy="posterior"``, reveal with the per-token spindle schedule the model was trained
+    with (``reveal="exact"``: the exact per-token posterior; ``"authors"``: the authors' rule);
+    ``[CLS]``, ``[SEP]``, ``[PAD]`` and the banned ids stay out of the spindle mean.
+    ``early_stop``: a row whose ``[SEP]`` has nothing masked before it is filled with ``[PAD]``
+    and needs no more calls. ``options``: further keyword arguments of
+    :func:`dbert_kernels.generate` (``threshold``, ``block_length``, ``cache``, ``return_stats``...).
     """
     seq_len = seq_len or settings.max_len
+    sp = settings.special_ids
     fixed = torch.full((seq_len,), -1, dtype=torch.int64)
-    fixed[0] = settings.special_ids["cls"]
-    was_training = model.training
-    model.eval()
+    fixed[0] = sp["cls"]
+    schedule = settings.build_schedule()
+    banned = banned_ids(tokenizer, settings)
+    use_info = token_info if (schedule.is_spindle and strategy == "posterior") else None
+    if early_stop:
+        options.update(stop_ids=[sp["sep"]], pad_id=sp["pad"])
+    was_training = getattr(model, "training", False)  # a wrapper around the network has no modes
+    if was_training:
+        model.eval()
     try:
         return generate(
-            DiffusionBertDenoiser(model), mask_id=settings.special_ids["mask"], batch_size=n, seq_len=seq_len,
-            steps=steps, schedule=settings.build_schedule(), strategy=strategy, temperature=temperature,
-            top_k=top_k, top_p=top_p, banned_ids=banned_ids(tokenizer, settings), fixed=fixed, seed=seed,
-            progress=progress, backend=backend,
+            model, mask_id=sp["mask"], batch_size=n, seq_len=seq_len, steps=steps, schedule=schedule,
+            strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned,
+            token_info=use_info, reveal=reveal, special_ids=sorted({sp["cls"], sp["sep"], sp["pad"], *banned}),
+            fixed=fixed.to(model.device), seed=seed, progress=progress, backend=backend, **options,
         )
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
 
 
 def decode(tokenizer: Any, ids: torch.Tensor, settings: DiffusionSettings) -> list[str]:

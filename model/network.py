@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dbert_kernels import BlockCache, Denoiser, bert_layers, cached_encoder_pass, rows_in_span
+
 from .settings import TIME_DESIGNS
 
 __all__ = ["DiffusionBert", "TimeMLP", "sinusoidal_embedding"]
@@ -78,8 +80,12 @@ def _attention_layers(encoder: nn.Module) -> list[nn.Module]:
     return [layer.attention for layer in layers]
 
 
-class DiffusionBert(nn.Module):
+class DiffusionBert(nn.Module, Denoiser):
     """A masked LM used as the x0-predictor of an absorbing-state diffusion.
+
+    It is a :class:`dbert_kernels.Denoiser`: ``dbert_kernels.generate(model, ...)`` drives it
+    directly (put it in eval mode first), with the LM head run only on the needed rows and, for
+    ``tad`` and ``lte``, the block cache of :mod:`dbert_kernels.cache`.
 
     Args:
         mlm: a Hugging Face masked LM (``BertForMaskedLM`` or an ``AutoModelForMaskedLM``).
@@ -122,6 +128,40 @@ class DiffusionBert(nn.Module):
     def config(self) -> Any:
         """The backbone's Hugging Face config."""
         return self.mlm.config
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        """Where the parameters live (the sampler's default device for the ids)."""
+        return next(self.parameters()).device
+
+    @property
+    def supports_cache(self) -> bool:  # type: ignore[override]
+        """True when :meth:`cached_logits` works: a BERT-style encoder, a head, not ``pte``."""
+        if self.time_design == "pte" or self._head is None:
+            return False
+        try:
+            return bool(bert_layers(self._encoder))
+        except ValueError:
+            return False
+
+    @torch.no_grad()
+    def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        """The :class:`~dbert_kernels.Denoiser` call: logits ``[rows.sum(), V]``."""
+        return self(ids, t=t, rows=rows)
+
+    @torch.no_grad()
+    def cached_logits(
+        self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor, cache: BlockCache, batch_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`logits` through a block cache (``tad`` / ``lte``; see :mod:`dbert_kernels.cache`)."""
+        if not self.supports_cache:
+            raise ValueError(f"time_design={self.time_design!r} cannot take a block cache: pass cache=None")
+        t = self._check_time(ids, t)
+        add = [mlp(t) for mlp in self.time_mlps] if self.time_design == "lte" else None
+        hidden, first = cached_encoder_pass(
+            self._encoder, ids, cache, batch_rows, lambda x: self.hidden_states(x, t), layer_add=add
+        )
+        return self._head(hidden[rows_in_span(rows, first, hidden.shape[1])])
 
     @property
     def needs_time(self) -> bool:

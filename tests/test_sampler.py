@@ -152,24 +152,22 @@ def test_build_template():
 def test_spindle_aware_posterior():
     """With token_info, positions whose guess is frequent (high code-form weight) are revealed earlier."""
     from dbert_kernels import token_information
-    from dbert_kernels.sampler import _spindle_reveal_probability
+    from dbert_kernels.strategies import SpindlePosteriorStep
 
     counts = torch.ones(V)
     counts[104:127] = 1e6  # a frequent block
     info = token_information(counts, "code")
     sched = Schedule.spindle(lam=0.3, T=100)
     ids = torch.full((1, 4), MASK)
-    logits = torch.zeros(4, V)
-    logits[0, 110] = logits[1, 110] = 5.0  # frequent guesses
-    logits[2, 140] = logits[3, 140] = 5.0  # rare guesses
-    every = torch.ones(4, dtype=torch.bool)
-    prob = _spindle_reveal_probability(sched, info, ids, every, logits, 50.0, 75.0, BANNED)
+    guess = torch.tensor([[110, 110, 140, 140]])  # frequent, frequent, rare, rare
+    rule = SpindlePosteriorStep(sched, info, special_ids=BANNED)
+    prob = rule.probability(ids, guess, 50.0, 75.0)[0]
     assert float(prob[0]) == float(prob[1]) > float(prob[2]) == float(prob[3])
-    assert bool((_spindle_reveal_probability(sched, info, ids, every, logits, 0.0, 25.0, BANNED) == 1).all())
+    assert bool((rule.probability(ids, guess, 0.0, 25.0) == 1).all())
 
     out = generate(_den(), mask_id=MASK, batch_size=4, seq_len=16, steps=4, schedule=sched, token_info=info,
                    progress=False, banned_ids=BANNED, seed=0)
     assert not bool(torch.isin(out, torch.tensor(BANNED)).any())
-    with pytest.raises(ValueError, match="token_info"):
+    with pytest.raises(ValueError, match="spindle"):
         generate(_den(), mask_id=MASK, steps=2, schedule=Schedule.d3pm(), token_info=info, progress=False,
                  banned_ids=BANNED)

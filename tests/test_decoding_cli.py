@@ -1,0 +1,64 @@
+"""``dbert generate`` with the decoding flags: strategies, blocks, cache, steps shown, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbert_model.cli import main
+
+from .model_fixtures import CORPUS, VOCAB
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("decoding") / "run"
+    args = ["train", "--out", str(out), "--data", str(CORPUS), "--tokenizer", str(VOCAB), "--init", "tiny",
+            "--max-len", "16", "--batch-size", "16", "--steps", "3", "--eval-every", "3", "--eval-sentences", "8",
+            "--log-every", "3", "--lr", "3e-3", "--warmup", "1", "--no-progress"]
+    assert main(args) == 0
+    return str(out)
+
+
+def test_generate_threshold_blocks_cache_show_steps(checkpoint, capsys) -> None:
+    args = ["generate", "--model", checkpoint, "-n", "2", "--steps", "8", "--no-progress", "--strategy", "threshold",
+            "--threshold", "0.9", "--block-length", "5", "--cache", "dual", "--show-steps", "--early-stop"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    steps = [line for line in captured.out.splitlines() if line.startswith("step ")]
+    assert steps and "*" in steps[0] and "_" in steps[0]
+    assert "denoiser calls (at most 8)" in captured.err
+    assert main([*args[:-4], "--reveal", "authors", "--strategy", "posterior"]) == 0
+
+
+@pytest.mark.parametrize(
+    "flags, word",
+    [
+        (["--strategy", "threshold", "--threshold", "1.5"], "threshold"),
+        (["--strategy", "entropy_bound", "--gamma", "0"], "gamma"),
+        (["--block-length", "0"], "block_length"),
+    ],
+)
+def test_generate_bad_decoding_flags_exit_2_with_one_line(checkpoint, capsys, flags, word) -> None:
+    assert main(["generate", "--model", checkpoint, "-n", "1", "--steps", "4", "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0]
+
+
+def test_spindle_checkpoint_samples_with_its_schedule_by_default(checkpoint, capsys, monkeypatch) -> None:
+    from dbert_kernels.strategies import SpindlePosteriorStep
+
+    calls = []
+    real = SpindlePosteriorStep.probability
+
+    def spy(self, ids, guess, s, t):
+        calls.append(self.reveal)
+        return real(self, ids, guess, s, t)
+
+    monkeypatch.setattr(SpindlePosteriorStep, "probability", spy)
+    base = ["generate", "--model", checkpoint, "-n", "2", "--steps", "4", "--no-progress"]
+    assert main(base) == 0 and calls and set(calls) == {"exact"}
+    calls.clear()
+    assert main([*base, "--reveal", "authors"]) == 0 and set(calls) == {"authors"}
+    calls.clear()
+    assert main([*base, "--sentence-level"]) == 0 and not calls
+    capsys.readouterr()
