@@ -1,18 +1,22 @@
 """The Triton backend: fused kernels for the three ops (CUDA, or the CPU under the interpreter).
 
-Importing this package imports Triton (``import dbert_kernels`` does not: the backend registry
-loads it on first use). The functions below have the signatures and semantics of
-:mod:`dbert_kernels.reference` (validated inputs, Python-int seeds) and run the custom ops of
-:mod:`.custom_ops`; use those directly for ``torch.compile`` / CUDA-graph capture with tensor seeds.
+One module per op holds its kernel, launcher and ``torch.library`` custom op
+(``torch.ops.dbert_kernels.triton_*``): :mod:`.masking`, :mod:`.sampling`, :mod:`.unmask`;
+:mod:`.noise` has the jit helpers they share (Philox, float conversions, order-preserving keys)
+and :mod:`.launch` the launch settings. This module is the backend adapter: the functions below
+have the signatures and semantics of :mod:`dbert_kernels.reference` (validated inputs) and call
+the custom ops. Importing it imports Triton (``import dbert_kernels`` does not: the backend
+registry loads it on first use).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import custom_ops
 from .launch import INTERPRETED, rng_tensor
-from .masking import FORMS
+from .masking import FORMS, triton_spindle_mask
+from .sampling import triton_sample
+from .unmask import triton_topk_unmask
 
 __all__ = ["spindle_mask", "sample", "sample_with_entropy", "topk_unmask", "INTERPRETED", "rng_tensor"]
 
@@ -30,7 +34,7 @@ def spindle_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward-process masking of ``ids`` ``[B, L]``; returns (noised ids, bool mask)."""
     rng = rng_tensor(seed, offset, ids.device)
-    return custom_ops.triton_spindle_mask(ids, base, amp, info, protected, rng, FORMS[form], mask_id)
+    return triton_spindle_mask(ids, base, amp, info, protected, rng, FORMS[form], mask_id)
 
 
 def sample_with_entropy(
@@ -55,7 +59,7 @@ def sample_with_entropy(
     greedy = temperature == 0
     inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
     rng = rng_tensor(seed, offset, logits.device)
-    return custom_ops.triton_sample(
+    return triton_sample(
         logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_t, greedy,
         0 if top_k is None else top_k, 1.0 if top_p is None else top_p, with_entropy,
     )
@@ -94,6 +98,6 @@ def topk_unmask(
 ) -> torch.Tensor:
     """Reveal the ``k[b]`` most confident masked positions of each row; returns new ids [B, L]."""
     rng = rng_tensor(seed, offset, ids.device)
-    return custom_ops.triton_topk_unmask(
+    return triton_topk_unmask(
         ids, candidates, confidence, k.to(torch.int64), rng, mask_id, float(gumbel_temperature)
     )

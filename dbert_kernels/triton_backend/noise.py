@@ -10,13 +10,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Constants of dbert_kernels.random (kept literally identical).
-TWO_M23 = tl.constexpr(1.1920928955078125e-07)  # 2**-23
-TWO_M46 = tl.constexpr(1.4210854715202004e-14)  # 2**-46
-EXP_SERIES_CUTOFF = tl.constexpr(0.015625)  # 2**-6
-ONE_MINUS_ULP = tl.constexpr(0.999999940395355225)  # 1 - 2**-24
+from .. import random as rnd
+
+TWO_M23 = tl.constexpr(2.0**-23)
+TWO_M46 = tl.constexpr(2.0**-46)
+EXP_SERIES_CUTOFF = tl.constexpr(rnd.EXP_SERIES_CUTOFF)
+ONE_MINUS_ULP = tl.constexpr(rnd.ONE_MINUS_ULP)
 INT32_MIN = tl.constexpr(-2147483648)
 INT32_MAX = tl.constexpr(2147483647)
+#: Bound on the threshold searches' iterations: a safety net above the 32 that valid rows need.
+MAX_SEARCH_STEPS = tl.constexpr(40)
 
 
 @triton.jit

@@ -19,28 +19,33 @@ Per row ``r`` (see :func:`dbert_kernels.reference.sample` for the semantics):
 Invalid rows (NaN or +inf among the allowed logits, or no finite allowed logit), which the public
 op rejects when ``validate=True``: the kernel writes token ``-1``, confidence NaN and entropy NaN,
 and never reads outside the row.
+
+The custom op ``torch.ops.dbert_kernels.triton_sample`` (with a fake implementation for shape
+propagation) wraps the launcher; its Philox key and offset are a tensor, so that a sampling step
+can be compiled or captured in a CUDA graph without a host synchronisation.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.library reads the annotations at runtime.
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import random as rnd
 from .launch import INTERPRETED, LAUNCH_OPTIONS, block_size
 from .noise import (
     INT32_MAX,
     INT32_MIN,
+    MAX_SEARCH_STEPS,
     exponential_from_bits,
     float_key,
     philox_block,
     uniform_from_bits,
 )
 
-STREAM_SAMPLE = tl.constexpr(1)
-STREAM_UNMASK = tl.constexpr(2)
+STREAM_SAMPLE = tl.constexpr(rnd.STREAM_SAMPLE)
+STREAM_UNMASK = tl.constexpr(rnd.STREAM_UNMASK)
 NEG_INF = tl.constexpr(float("-inf"))
-MAX_SEARCH_STEPS = tl.constexpr(40)  # > 32: a safety bound, never reached on valid rows
 
 
 @triton.jit
@@ -263,3 +268,40 @@ def launch_sample(
         num_warps=num_warps, **LAUNCH_OPTIONS,
     )
     return tokens, conf, entropy
+
+
+@torch.library.custom_op("dbert_kernels::triton_sample", mutates_args=())
+def triton_sample(
+    logits: torch.Tensor,
+    ids: torch.Tensor | None,
+    unmask_prob: torch.Tensor,
+    banned: torch.Tensor,
+    row_index: torch.Tensor,
+    rng: torch.Tensor,
+    mask_id: int,
+    inv_temperature: float,
+    greedy: bool,
+    top_k: int,
+    top_p: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sampling: ``(tokens [R] int64, confidence [R] float32, entropy [R] or [0] float32)``.
+
+    ``inv_temperature`` is ``1 / T`` (1 when greedy), rounded to float32 by the kernel like the
+    reference's ``torch.tensor(1 / T, dtype=float32)``; ``top_k <= 0`` and ``top_p >= 1`` are off.
+    """
+    return launch_sample(
+        logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_temperature, greedy,
+        top_k, top_p, with_entropy,
+    )
+
+
+@triton_sample.register_fake
+def _(logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_temperature, greedy, top_k, top_p,
+      with_entropy):
+    rows = logits.shape[0]
+    return (
+        logits.new_empty(rows, dtype=torch.int64),
+        logits.new_empty(rows, dtype=torch.float32),
+        logits.new_empty(rows if with_entropy else 0, dtype=torch.float32),
+    )
