@@ -73,8 +73,8 @@ def _step(logits, ids, unmask_prob, banned, rng, candidates_k):
     batch, length = ids.shape
     flat = ids.reshape(-1)
     row_index = torch.arange(flat.numel(), device=ids.device)
-    tokens, conf, ent = ops.triton_sample(logits, flat, unmask_prob, banned, row_index, rng, 103,
-                                          1.0 / 0.8, False, 20, 0.95, True)
+    tokens, conf, ent, _ = ops.triton_sample(logits, flat, unmask_prob, banned, row_index, rng, 103,
+                                          1.0 / 0.8, False, 20, 0.95, True, False)
     conf = torch.where(flat == 103, conf, torch.zeros_like(conf))
     tokens = torch.where(flat == 103, tokens, flat)
     new_ids = ops.triton_topk_unmask(ids, tokens.view(batch, length), conf.view(batch, length),
@@ -113,8 +113,8 @@ def test_custom_ops_compile_with_tensor_seeds(device):
     pub, _ = dk.sample_absorbing(logits, ids.reshape(-1), mask_id=103, temperature=0.8, top_k=20, top_p=0.95,
                                  seed=1234, offset=1, backend="reference")
     flat = ids.reshape(-1)
-    tok, _, _ = torch.ops.dbert_kernels.triton_sample(logits, flat, prob, banned, torch.arange(flat.numel(), device=dev),
-                                                      rng, 103, 1.0 / 0.8, False, 20, 0.95, False)
+    tok, _, _, _ = torch.ops.dbert_kernels.triton_sample(logits, flat, prob, banned, torch.arange(flat.numel(), device=dev),
+                                                      rng, 103, 1.0 / 0.8, False, 20, 0.95, False, False)
     assert torch.equal(tok, pub)
 
 

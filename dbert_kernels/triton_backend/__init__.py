@@ -59,10 +59,11 @@ def sample_with_entropy(
     greedy = temperature == 0
     inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
     rng = rng_tensor(seed, offset, logits.device)
-    return triton_sample(
+    tokens, conf, ent, _ = triton_sample(
         logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_t, greedy,
-        0 if top_k is None else top_k, 1.0 if top_p is None else top_p, with_entropy,
+        0 if top_k is None else top_k, 1.0 if top_p is None else top_p, with_entropy, False,
     )
+    return tokens, conf, ent
 
 
 def sample(
