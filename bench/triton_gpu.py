@@ -22,6 +22,7 @@ import torch
 
 import dbert_kernels.reference as ref
 from dbert_kernels import triton_backend as tb
+from dbert_kernels.params import SamplingParams
 
 VOCAB = 30522
 DEVICE = torch.device("cuda")
@@ -54,8 +55,10 @@ def sample_cases(rows: int, dtype: torch.dtype, n_inputs: int) -> list[tuple[str
     cases = []
     for name, t, k, p in [("T=1", 1.0, None, None), ("greedy", 0.0, None, None), ("top-k 30", 1.0, 30, None),
                           ("top-p 0.9", 1.0, None, 0.9), ("top-k 30 + top-p 0.9", 0.8, 30, 0.9)]:
-        def run(impl, i, t=t, k=k, p=p):
-            return impl.sample(sets[i], None, prob, banned, row_index, 103, t, k, p, 7, i)
+        params = SamplingParams.create(temperature=t, top_k=k, top_p=p, banned=banned)
+
+        def run(impl, i, params=params):
+            return impl.sample(sets[i], None, prob, row_index, 103, params, 7, i)
 
         cases.append((f"sample {rows}x{VOCAB} {str(dtype)[6:]} {name}",
                       lambda i, run=run: run(ref, i), lambda i, run=run: run(tb, i)))

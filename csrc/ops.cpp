@@ -27,8 +27,20 @@ namespace {
 
 using at::Tensor;
 
-Key make_key(int64_t seed_lo, int64_t seed_hi) {
-  return {static_cast<uint32_t>(seed_lo), static_cast<uint32_t>(seed_hi)};
+// The Philox key and offset from rng = [seed bit pattern, offset] (int64 [2], see
+// dbert_kernels.random.rng_tensor).
+struct Rng {
+  Key key;
+  uint32_t offset;
+};
+
+Rng read_rng(const Tensor& rng) {
+  TORCH_CHECK(rng.numel() == 2 && rng.scalar_type() == at::kLong,
+              "dbert_native: rng must be an int64 [2] tensor (seed bits, offset)");
+  const Tensor r = rng.to(at::kCPU).contiguous();
+  const int64_t* p = r.data_ptr<int64_t>();
+  const uint64_t bits = static_cast<uint64_t>(p[0]);
+  return {{static_cast<uint32_t>(bits), static_cast<uint32_t>(bits >> 32)}, static_cast<uint32_t>(p[1])};
 }
 
 // Runs fn(i) for i in [0, n) on up to at::get_num_threads() threads (this one included), handing
@@ -59,8 +71,7 @@ void check_cpu(const Tensor& t, const char* name) {
 
 std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, const Tensor& amp,
                                         const Tensor& info, const Tensor& protected_ids,
-                                        int64_t form, int64_t mask_id, int64_t seed_lo,
-                                        int64_t seed_hi, int64_t offset) {
+                                        const Tensor& rng, int64_t form, int64_t mask_id) {
   for (const Tensor* t : {&ids, &base, &amp, &info, &protected_ids}) check_cpu(*t, "every input");
   TORCH_CHECK(ids.dim() == 2, "dbert_native.spindle_mask: ids must be [B, L]");
   TORCH_CHECK(form >= 0 && form <= 2, "dbert_native.spindle_mask: form must be 0 (none), 1 (code), 2 (paper)");
@@ -77,7 +88,9 @@ std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, c
   const float* info_p = info_f.data_ptr<float>();
   const bool* prot_p = prot.data_ptr<bool>();
   bool* out_p = masked.data_ptr<bool>();
-  const Key key = make_key(seed_lo, seed_hi);
+  const Rng rn = read_rng(rng);
+  const Key key = rn.key;
+  const uint32_t offset = rn.offset;
   parallel_rows(batch, batch * length, [] { return 0; }, [&](int&, int64_t b) {
     {
       const int64_t* row = id_p + b * length;
@@ -125,11 +138,11 @@ const float* row_as_float(const scalar_t* data, int64_t stride, int64_t r, int64
   }
 }
 
-std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tensor>& ids,
-                                  const Tensor& unmask_prob, const Tensor& banned,
-                                  const Tensor& row_index, int64_t mask_id, double temperature,
-                                  int64_t top_k, double top_p, int64_t seed_lo, int64_t seed_hi,
-                                  int64_t offset) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tensor>& ids,
+                                                  const Tensor& unmask_prob, const Tensor& banned,
+                                                  const Tensor& row_index, const Tensor& rng, int64_t mask_id,
+                                                  double inv_temperature, bool greedy, int64_t top_k,
+                                                  double top_p, bool with_entropy, bool with_margin) {
   check_cpu(logits, "logits");
   TORCH_CHECK(logits.dim() == 2, "dbert_native.sample: logits must be [R, V]");
   const auto dtype = logits.scalar_type();
@@ -157,8 +170,11 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
   float* conf_p = conf.data_ptr<float>();
   const float* prob_p = prob.data_ptr<float>();
   const int64_t* row_p = rows.data_ptr<int64_t>();
-  const Key key = make_key(seed_lo, seed_hi);
-  const uint32_t off = static_cast<uint32_t>(offset);
+  const Rng rn = read_rng(rng);
+  const Key key = rn.key;
+  const uint32_t off = rn.offset;
+  Tensor entropy = at::empty({with_entropy ? n_rows : 0}, logits.options().dtype(at::kFloat));
+  Tensor margin = at::empty({with_margin ? n_rows : 0}, logits.options().dtype(at::kFloat));
 
   // The absorbing decision (cheap, serial), then the revealed rows in parallel.
   std::vector<int64_t> revealed;
@@ -169,11 +185,11 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
     const Words w = philox(key, 0, static_cast<uint32_t>(row_p[r]), kStreamUnmask, off);
     if (uniform_from_bits(w.w0) < prob_p[r]) revealed.push_back(r);
   }
-  if (revealed.empty()) return {tokens, conf};
+  if (revealed.empty()) return {tokens, conf, entropy, margin};
 
   SampleParams params;
-  params.greedy = temperature <= 0.0;
-  params.inv_t = static_cast<float>(1.0 / (params.greedy ? 1.0 : temperature));
+  params.greedy = greedy;
+  params.inv_t = static_cast<float>(inv_temperature);
   params.top_k = top_k;
   params.top_p = static_cast<float>(top_p);
   params.key = key;
@@ -217,12 +233,11 @@ std::tuple<Tensor, Tensor> sample(const Tensor& logits, const std::optional<Tens
     TORCH_CHECK_VALUE(status[i] != RowStatus::kNothingAllowed,
                       "a row has no token with a finite logit outside banned_ids: nothing can be sampled");
   }
-  return {tokens, conf};
+  return {tokens, conf, entropy, margin};
 }
 
 Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& confidence,
-                   const Tensor& k, int64_t mask_id, double gumbel_temperature, int64_t seed_lo,
-                   int64_t seed_hi, int64_t offset) {
+                   const Tensor& k, const Tensor& rng, int64_t mask_id, double gumbel_temperature) {
   for (const Tensor* t : {&ids, &candidates, &confidence, &k}) check_cpu(*t, "every input");
   TORCH_CHECK(ids.dim() == 2 && candidates.sizes() == ids.sizes() && confidence.sizes() == ids.sizes(),
               "dbert_native.topk_unmask: ids, candidates and confidence must share one [B, L] shape");
@@ -236,7 +251,9 @@ Tensor topk_unmask(const Tensor& ids, const Tensor& candidates, const Tensor& co
   const int64_t* cand_p = cand.data_ptr<int64_t>();
   const float* conf_p = score_in.data_ptr<float>();
   const int64_t* k_p = k64.data_ptr<int64_t>();
-  const Key key = make_key(seed_lo, seed_hi);
+  const Rng rn = read_rng(rng);
+  const Key key = rn.key;
+  const uint32_t offset = rn.offset;
   const float gt = static_cast<float>(gumbel_temperature);
   struct RowBuffers {
     std::vector<int64_t> pos;
@@ -278,13 +295,13 @@ std::string build_info() {
 }  // namespace
 
 TORCH_LIBRARY(dbert_native, m) {
-  m.def("spindle_mask(Tensor ids, Tensor base, Tensor amp, Tensor info, Tensor protected_ids, int form, "
-        "int mask_id, int seed_lo, int seed_hi, int offset) -> (Tensor, Tensor)");
-  m.def("sample(Tensor logits, Tensor? ids, Tensor unmask_prob, Tensor banned, Tensor row_index, "
-        "int mask_id, float temperature, int top_k, float top_p, int seed_lo, int seed_hi, int offset) "
-        "-> (Tensor, Tensor)");
-  m.def("topk_unmask(Tensor ids, Tensor candidates, Tensor confidence, Tensor k, int mask_id, "
-        "float gumbel_temperature, int seed_lo, int seed_hi, int offset) -> Tensor");
+  m.def("spindle_mask(Tensor ids, Tensor base, Tensor amp, Tensor info, Tensor protected_ids, Tensor rng, "
+        "int form, int mask_id) -> (Tensor, Tensor)");
+  m.def("sample(Tensor logits, Tensor? ids, Tensor unmask_prob, Tensor banned, Tensor row_index, Tensor rng, "
+        "int mask_id, float inv_temperature, bool greedy, int top_k, float top_p, bool with_entropy, "
+        "bool with_margin) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("topk_unmask(Tensor ids, Tensor candidates, Tensor confidence, Tensor k, Tensor rng, int mask_id, "
+        "float gumbel_temperature) -> Tensor");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -17,6 +17,7 @@ from ._validation import BERT_UNCASED_SPECIAL_IDS
 from .backends import available_backends
 from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
+from .params import SamplingParams
 from .sampler import build_template, generate
 from .schedules import Schedule, token_information
 
@@ -27,6 +28,7 @@ __all__ = [
     "BigramDenoiser",
     "Denoiser",
     "HFMaskedLMDenoiser",
+    "SamplingParams",
     "Schedule",
     "as_denoiser",
     "available_backends",

@@ -15,6 +15,8 @@ import sys
 import torch
 
 from ._native_build import load_native_library
+from .params import SamplingParams
+from .random import SeedLike, rng_tensor
 
 __all__ = ["spindle_mask", "sample", "topk_unmask", "load", "build_info"]
 
@@ -24,11 +26,6 @@ __all__ = ["spindle_mask", "sample", "topk_unmask", "load", "build_info"]
 CHECKS_LOGITS = True
 
 _FORMS = {"none": 0, "code": 1, "paper": 2}
-_M32 = 0xFFFFFFFF
-
-
-def _key(seed: int) -> tuple[int, int]:
-    return seed & _M32, (seed >> 32) & _M32
 
 
 def spindle_mask(
@@ -39,33 +36,31 @@ def spindle_mask(
     protected: torch.Tensor,
     form: str,
     mask_id: int,
-    seed: int,
-    offset: int,
+    seed: SeedLike,
+    offset: SeedLike,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward-process masking of ``ids`` ``[B, L]``; returns (noised ids, bool mask)."""
-    lo, hi = _key(seed)
-    return torch.ops.dbert_native.spindle_mask(ids, base, amp, info, protected, _FORMS[form], mask_id, lo, hi, offset)
+    rng = rng_tensor(seed, offset, ids.device)
+    return torch.ops.dbert_native.spindle_mask(ids, base, amp, info, protected, rng, _FORMS[form], mask_id)
 
 
 def sample(
     logits: torch.Tensor,
     ids: torch.Tensor | None,
     unmask_prob: torch.Tensor,
-    banned: torch.Tensor,
     row_index: torch.Tensor,
     mask_id: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int,
-    offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbing-state categorical sampling; returns (tokens [R] int64, confidence [R] float32)."""
-    lo, hi = _key(seed)
-    return torch.ops.dbert_native.sample(
-        logits, ids, unmask_prob, banned, row_index, mask_id, temperature,
-        0 if top_k is None else top_k, 1.0 if top_p is None else top_p, lo, hi, offset,
+    params: SamplingParams,
+    seed: SeedLike,
+    offset: SeedLike,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Absorbing-state categorical sampling (see :func:`dbert_kernels.reference.sample`)."""
+    rng = rng_tensor(seed, offset, logits.device)
+    tokens, conf, entropy, margin = torch.ops.dbert_native.sample(
+        logits, ids, unmask_prob, params.banned, row_index, rng, mask_id, params.inv_temperature,
+        params.greedy, params.top_k, params.top_p, params.with_entropy, params.with_margin,
     )
+    return tokens, conf, entropy if params.with_entropy else None, margin if params.with_margin else None
 
 
 def topk_unmask(
@@ -75,12 +70,12 @@ def topk_unmask(
     k: torch.Tensor,
     mask_id: int,
     gumbel_temperature: float,
-    seed: int,
-    offset: int,
+    seed: SeedLike,
+    offset: SeedLike,
 ) -> torch.Tensor:
     """Reveal the ``k[b]`` most confident masked positions of each row; returns new ids [B, L]."""
-    lo, hi = _key(seed)
-    return torch.ops.dbert_native.topk_unmask(ids, candidates, confidence, k, mask_id, gumbel_temperature, lo, hi, offset)
+    rng = rng_tensor(seed, offset, ids.device)
+    return torch.ops.dbert_native.topk_unmask(ids, candidates, confidence, k, rng, mask_id, gumbel_temperature)
 
 
 def build_info() -> str:

@@ -26,6 +26,7 @@ from ._validation import (
     vocab_table,
 )
 from .backends import resolve_backend
+from .params import SamplingParams
 from .schedules import Schedule
 
 __all__ = ["spindle_mask", "sample", "sample_absorbing", "topk_unmask", "unmask_decision"]
@@ -171,10 +172,11 @@ def sample_absorbing(
     # A backend that checks each row while it reads it (CHECKS_LOGITS) needs no extra pass here.
     if validate and not getattr(impl, "CHECKS_LOGITS", False):
         check_readable_rows(logits, None if ids is None else ids == mask_id, banned)
-    return impl.sample(
-        logits, ids, prob, banned, row_index, -1 if mask_id is None else mask_id,
-        float(temperature), top_k, None if top_p is None else float(top_p), seed, offset,
+    params = SamplingParams.create(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
+    tokens, confidence, _, _ = impl.sample(
+        logits, ids, prob, row_index, -1 if mask_id is None else mask_id, params, seed, offset
     )
+    return tokens, confidence
 
 
 def sample(

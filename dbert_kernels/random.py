@@ -34,7 +34,13 @@ __all__ = [
     "philox_words",
     "uniform_from_bits",
     "exponential_from_bits",
+    "SeedLike",
+    "rng_tensor",
+    "key_words",
 ]
+
+#: A seed or offset: a Python int, or a 0-d integer tensor (on any device).
+SeedLike = int | torch.Tensor
 
 # Stream ids (third counter word).
 STREAM_MASK = 0  # forward-process masking decision of a token
@@ -43,6 +49,7 @@ STREAM_UNMASK = 2  # absorbing posterior: is this masked position revealed at th
 STREAM_CONFIDENCE = 3  # Gumbel noise on the confidence in top-k unmasking
 
 _M32 = 0xFFFFFFFF
+_U64 = 1 << 64
 _ROUND_A = 0xD2511F53
 _ROUND_B = 0xCD9E8D57
 _KEY_A = 0x9E3779B9
@@ -69,8 +76,8 @@ def philox4x32(
     c1: torch.Tensor,
     c2: torch.Tensor,
     c3: torch.Tensor,
-    k0: int,
-    k1: int,
+    k0: int | torch.Tensor,
+    k1: int | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Philox4x32-10 on int64 tensors that hold uint32 values (broadcastable shapes).
 
@@ -79,8 +86,8 @@ def philox4x32(
     """
     c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
     c0, c1, c2, c3 = (c.to(torch.int64) & _M32 for c in (c0, c1, c2, c3))
-    k0 &= _M32
-    k1 &= _M32
+    k0 = k0 & _M32
+    k1 = k1 & _M32
     for _ in range(_N_ROUNDS):
         hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
@@ -91,22 +98,28 @@ def philox4x32(
 
 
 def philox_words(
-    seed: int,
+    seed: SeedLike,
     column: torch.Tensor | int,
     row: torch.Tensor | int,
     stream: int,
-    offset: int,
+    offset: SeedLike,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The four Philox words for counters ``(column, row, stream, offset)`` under ``seed``.
 
-    ``column`` and ``row`` broadcast against each other (int tensors or ints); ``seed`` is a
-    non-negative integer below 2**64.
+    ``column`` and ``row`` broadcast against each other (int tensors or ints); ``seed`` is an
+    integer in ``[0, 2**64)`` or an int64 tensor (see :func:`key_words`), ``offset`` an integer in
+    ``[0, 2**32)`` or a 0-d integer tensor.
     """
     column = torch.as_tensor(column, dtype=torch.int64, device=device)
     row = torch.as_tensor(row, dtype=torch.int64, device=column.device)
     zeros = torch.zeros((), dtype=torch.int64, device=column.device)
-    return philox4x32(column, row, zeros + stream, zeros + offset, seed & _M32, (seed >> 32) & _M32)
+    if isinstance(offset, torch.Tensor):
+        offset = offset.to(device=column.device, dtype=torch.int64)
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(device=column.device)
+    k0, k1 = key_words(seed)
+    return philox4x32(column, row, zeros + stream, zeros + offset, k0, k1)
 
 
 def uniform_from_bits(word: torch.Tensor) -> torch.Tensor:
@@ -127,3 +140,33 @@ def exponential_from_bits(word_hi: torch.Tensor, word_lo: torch.Tensor) -> torch
     v = torch.clamp(a + b, max=ONE_MINUS_ULP)
     series = v * (1.0 + v * (0.5 + v * (1.0 / 3.0 + v * (0.25 + v * 0.2))))
     return torch.where(v < EXP_SERIES_CUTOFF, series, -torch.log(1.0 - v))
+
+
+def key_words(seed: SeedLike) -> tuple[int | torch.Tensor, int | torch.Tensor]:
+    """The Philox key ``(seed low 32 bits, seed high 32 bits)`` of an int or int64-tensor seed.
+
+    A tensor seed is read as the 64-bit pattern of its int64 value (negative values stand for the
+    seeds in ``[2**63, 2**64)``), so no host synchronisation is needed.
+    """
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(torch.int64)
+    return seed & _M32, (seed >> 32) & _M32
+
+
+def rng_tensor(seed: SeedLike, offset: SeedLike, device: torch.device | str) -> torch.Tensor:
+    """The ``[2]`` int64 tensor ``(seed bit pattern, offset)`` that the compiled kernels read.
+
+    Python-int seeds in ``[2**63, 2**64)`` are stored as their two's-complement int64 pattern;
+    tensor seeds and offsets are used as they are (no host synchronisation).
+    """
+    if not isinstance(seed, torch.Tensor) and not isinstance(offset, torch.Tensor):
+        bits = seed - _U64 if seed >= 1 << 63 else seed
+        return torch.tensor([bits, offset], dtype=torch.int64, device=device)
+    parts = []
+    for value in (seed, offset):
+        if isinstance(value, torch.Tensor):
+            parts.append(value.to(device=device, dtype=torch.int64).reshape(()))
+        else:
+            bits = value - _U64 if value >= 1 << 63 else value
+            parts.append(torch.tensor(bits, dtype=torch.int64, device=device))
+    return torch.stack(parts)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import torch
 
+from .params import SamplingParams
 from .random import (
     STREAM_CONFIDENCE,
     STREAM_MASK,
@@ -105,35 +106,28 @@ def reveal_rows(
 
 
 def _sample_rows(
-    x: torch.Tensor,
-    banned: torch.Tensor,
-    rows: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int,
-    offset: int,
+    x: torch.Tensor, rows: torch.Tensor, params: SamplingParams, seed: int, offset: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of float32 logits ``x`` [n, V]; ``rows``: Philox row ids [n]."""
     vocab = x.shape[1]
+    banned = params.banned
     x = x.masked_fill(banned[None, :], float("-inf"))
-    t_eff = temperature if temperature > 0 else 1.0
-    inv_t = torch.tensor(1.0 / t_eff, dtype=torch.float32)
+    inv_t = torch.tensor(params.inv_temperature, dtype=torch.float32)
     keep = ~banned[None, :].expand_as(x)
-    if top_k is not None and top_k < vocab:
-        kth = torch.topk(x, top_k, dim=1).values[:, -1:]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(x, params.top_k, dim=1).values[:, -1:]
         keep = keep & (x >= kth)
     scaled = x * inv_t
-    if top_p is not None and top_p < 1.0:
+    if params.top_p < 1.0:
         probs = torch.softmax(scaled.masked_fill(~keep, float("-inf")), dim=1)
         sorted_p, _ = torch.sort(probs, dim=1, descending=True)
         mass_before = torch.cumsum(sorted_p, dim=1) - sorted_p
         # smallest probability whose strictly-more-likely mass is below top_p
-        candidates = torch.where(mass_before < top_p, sorted_p, torch.full_like(sorted_p, 2.0))
+        candidates = torch.where(mass_before < params.top_p, sorted_p, torch.full_like(sorted_p, 2.0))
         threshold = candidates.min(dim=1, keepdim=True).values
         keep = keep & (probs >= threshold)
     filtered = scaled.masked_fill(~keep, float("-inf"))
-    if temperature > 0:
+    if not params.greedy:
         # Gumbel noise only where it can matter (the kept ids): the same draws, far fewer of them
         # after a top-k / top-p filter.
         r_idx, c_idx = keep.nonzero(as_tuple=True)
@@ -152,19 +146,18 @@ def sample(
     logits: torch.Tensor,
     ids: torch.Tensor | None,
     unmask_prob: torch.Tensor,
-    banned: torch.Tensor,
     row_index: torch.Tensor,
     mask_id: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    params: SamplingParams,
     seed: int,
     offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absorbing-state categorical sampling; returns (tokens [R] int64, confidence [R] float32).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Absorbing-state categorical sampling: ``(tokens [R] int64, confidence [R] float32,
+    entropy [R] float32 or None, margin [R] float32 or None)``.
 
     ``logits`` [R, V] (fp32/fp16/bf16), ``ids`` [R] current tokens or None (every row masked),
-    ``unmask_prob`` [R] float32, ``banned`` [V] bool, ``row_index`` [R] int64 Philox row ids.
+    ``unmask_prob`` [R] float32, ``row_index`` [R] int64 Philox row ids; ``params`` the resolved
+    filters (``params.banned`` [V] bool includes ``mask_id``).
     """
     n_rows, vocab = logits.shape
     device = logits.device
@@ -180,12 +173,10 @@ def sample(
     chunk = max(1, _CHUNK_ELEMENTS // vocab)
     for start in range(0, picked.numel(), chunk):
         sel = picked[start : start + chunk]
-        tok, c = _sample_rows(
-            logits[sel].to(torch.float32), banned, row_index[sel], temperature, top_k, top_p, seed, offset
-        )
+        tok, c = _sample_rows(logits[sel].to(torch.float32), row_index[sel], params, seed, offset)
         tokens[sel] = tok
         conf[sel] = c
-    return tokens, conf
+    return tokens, conf, None, None
 
 
 def topk_unmask(

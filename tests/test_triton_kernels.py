@@ -13,6 +13,7 @@ import torch
 import dbert_kernels as dk
 from dbert_kernels import random as rnd
 from dbert_kernels import reference as ref
+from dbert_kernels.params import SamplingParams
 
 from .triton_devices import DEVICES, require_triton, shapes
 
@@ -55,7 +56,8 @@ def _words_kernel(hi_ptr, lo_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 def kernel_noise(seed, cols, rows, stream, offset):
     """Run the noise helpers of the kernels; returns (4 words, uniform, exponential)."""
-    from dbert_kernels.triton_backend.launch import LAUNCH_OPTIONS, rng_tensor
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend.launch import LAUNCH_OPTIONS
 
     n = cols.numel()
     out = torch.zeros(4, n, dtype=torch.int64, device=cols.device)
@@ -197,9 +199,10 @@ def test_sample_matches_reference(device, dtype):
         banned[[0, 101, 102, 103]] = True
         mismatches = 0
         for temperature, top_k, top_p in CONFIGS:
-            args = (ids, prob, banned, row_index, 103, temperature, top_k, top_p, SEEDS[c + 1], 9)
-            tok, conf = tb.sample(logits, *args)
-            want_tok, want_conf = ref.sample(logits, *args)
+            params = SamplingParams.create(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
+            args = (ids, prob, row_index, 103, params, SEEDS[c + 1], 9)
+            tok, conf, _, _ = tb.sample(logits, *args)
+            want_tok, want_conf, _, _ = ref.sample(logits, *args)
             revealed = (ids == 103) & (want_tok != 103)
             assert revealed.any() and (~revealed).any()
             assert not bool(((tok == 103) & revealed).any())
@@ -266,9 +269,10 @@ def test_entropy_matches_filtered_distribution(device):
     prob = torch.ones(rows, device=dev)
     row_index = torch.arange(rows, device=dev)
     for temperature, top_k, top_p in [(0.9, None, None), (1.2, 30, 0.85)]:
-        _, _, ent = tb.sample_with_entropy(
-            logits, None, prob, banned, row_index, -1, temperature, top_k, top_p, 5, 0
+        params = SamplingParams.create(
+            temperature=temperature, top_k=top_k, top_p=top_p, banned=banned, with_entropy=True
         )
+        _, _, ent, _ = tb.sample(logits, None, prob, row_index, -1, params, 5, 0)
         x = logits.double().masked_fill(banned, float("-inf"))
         if top_k:
             x = x.masked_fill(x < torch.topk(x, top_k, dim=1).values[:, -1:], float("-inf"))
