@@ -65,3 +65,24 @@ def float_key(x):
     """
     bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def exp_weight(s):
+    """The softmax weight ``exp(s)`` of float32 ``s <= 0`` (``-inf`` allowed), bit for bit the
+    float32 sequence of ``dbert_kernels.reference.exp_weight`` (Cephes' ``expf``; no fused
+    multiply-add); ``s < -87`` gives 0."""
+    under = s < -87.0
+    t = tl.where(under, -87.0, s)
+    n = (t * 1.44269504088896341 + 12582912.0) - 12582912.0
+    r = t - n * 0.693359375
+    r = r - n * -2.12194440e-4
+    r2 = r * r
+    y = r * 1.9875691500e-4 + 1.3981999507e-3
+    y = y * r + 8.3334519073e-3
+    y = y * r + 4.1665795894e-2
+    y = y * r + 1.6666665459e-1
+    y = y * r + 5.0000001201e-1
+    y = y * r2 + r + 1.0
+    scale = ((n.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(under, 0.0, y * scale)
