@@ -175,12 +175,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sample(const Tensor& logits, const st
   const uint32_t off = rn.offset;
   Tensor entropy = at::empty({with_entropy ? n_rows : 0}, logits.options().dtype(at::kFloat));
   Tensor margin = at::empty({with_margin ? n_rows : 0}, logits.options().dtype(at::kFloat));
+  float* ent_p = with_entropy ? entropy.data_ptr<float>() : nullptr;
+  float* mar_p = with_margin ? margin.data_ptr<float>() : nullptr;
 
   // The absorbing decision (cheap, serial), then the revealed rows in parallel.
   std::vector<int64_t> revealed;
   for (int64_t r = 0; r < n_rows; ++r) {
     const bool is_masked = tok_p[r] == mask_id;
     conf_p[r] = is_masked ? 0.0f : 1.0f;
+    if (ent_p != nullptr) ent_p[r] = is_masked ? NAN : 0.0f;
+    if (mar_p != nullptr) mar_p[r] = is_masked ? NAN : 1.0f;
     if (!is_masked) continue;
     const Words w = philox(key, 0, static_cast<uint32_t>(row_p[r]), kStreamUnmask, off);
     if (uniform_from_bits(w.w0) < prob_p[r]) revealed.push_back(r);
@@ -192,11 +196,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sample(const Tensor& logits, const st
   params.inv_t = static_cast<float>(inv_temperature);
   params.top_k = top_k;
   params.top_p = static_cast<float>(top_p);
+  params.with_entropy = with_entropy;
+  params.with_margin = with_margin;
   params.key = key;
   params.offset = off;
   const uint8_t* ban_p = reinterpret_cast<const uint8_t*>(ban.data_ptr<bool>());
   const int64_t n_rev = static_cast<int64_t>(revealed.size());
-  std::vector<RowStatus> status(n_rev, RowStatus::kOk);
 
   auto run = [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -215,8 +220,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sample(const Tensor& logits, const st
       const RowScratch scratch{sc.idx.data(), sc.vals.data(), sc.work.data(), sc.hist.data()};
       const int64_t r = revealed[i];
       const float* xr = row_as_float<scalar_t>(data, stride, r, vocab, sc.buf.data());
-      status[i] = sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch, tok_p + r,
-                             conf_p + r);
+      RowResult res;
+      sample_row(xr, ban_p, vocab, params, static_cast<uint32_t>(row_p[r]), scratch, &res);
+      tok_p[r] = res.token;
+      conf_p[r] = res.confidence;
+      if (ent_p != nullptr) ent_p[r] = res.entropy;
+      if (mar_p != nullptr) mar_p[r] = res.margin;
     });
   };
   if (dtype == at::kFloat) {
@@ -226,13 +235,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sample(const Tensor& logits, const st
   } else {
     run(c10::Half{});
   }
-  // Rows are checked while they are read (the rows that are not revealed are never read).
-  for (int64_t i = 0; i < n_rev; ++i) {
-    TORCH_CHECK_VALUE(status[i] != RowStatus::kNonFinite, "logits row ", revealed[i],
-                      " contains NaN or +inf; only finite values and -inf (a banned token) are allowed");
-    TORCH_CHECK_VALUE(status[i] != RowStatus::kNothingAllowed,
-                      "a row has no token with a finite logit outside banned_ids: nothing can be sampled");
-  }
+  // Rows that cannot be sampled hold token -1 and NaN (the caller decides whether that is an error).
   return {tokens, conf, entropy, margin};
 }
 

@@ -40,8 +40,21 @@ typedef double f64v __attribute__((vector_size(8 * L)));
 typedef uint8_t u8v __attribute__((vector_size(L)));
 
 struct ScanResult {
-  double z;       // sum of exp(s_i - s_max) over the kept ids
+  double z;       // sum of the weights exp_weight(s_i) over the kept ids
   int64_t token;  // Gumbel-max token (when sampling)
+  double ws;      // sum of w_i * s_i (with stats)
+  float second;   // largest weight among the kept ids other than the argmax (with stats)
+};
+
+struct ScanArgs {
+  float m;      // the row's largest allowed logit
+  float inv_t;
+  bool sample;  // Gumbel-max (else greedy: only the normaliser)
+  bool stats;   // entropy and margin sums
+  uint32_t argmax;
+  Key key;
+  uint32_t row;
+  uint32_t offset;
 };
 
 // The hot loops of one instruction-set level.
@@ -50,8 +63,8 @@ struct Kernels {
   float (*kth_largest_heap)(const float*, const uint8_t*, int64_t, int64_t, float*);
   int64_t (*gather_kept)(const float*, const uint8_t*, int64_t, float, int32_t*);
   double (*exp_values)(const float*, const int32_t*, int64_t, float, float, float*);
-  ScanResult (*scan)(const float*, const uint8_t*, const int32_t*, int64_t, float, float, bool, Key,
-                     uint32_t, uint32_t);
+  ScanResult (*scan)(const float*, const uint8_t*, const int32_t*, int64_t, const ScanArgs&);
+  float (*exp_one)(float);
   void (*bf16_to_float)(const uint16_t*, float*, int64_t);
 };
 
@@ -189,16 +202,14 @@ const char* isa_level() {
 void bf16_to_float(const uint16_t* in, float* out, int64_t n) { K.bf16_to_float(in, out, n); }
 
 RowStatus sample_row(const float* x, const uint8_t* banned, int64_t vocab, const SampleParams& p,
-                     uint32_t row, RowScratch scratch, int64_t* token, float* confidence) {
+                     uint32_t row, RowScratch scratch, RowResult* out) {
   int64_t argmax = 0;
   bool nonfinite = false;
   const float m = K.row_argmax(x, banned, vocab, &argmax, &nonfinite);
   if (nonfinite || !(m > -kInf)) {
-    *token = 0;
-    *confidence = NAN;
+    *out = {-1, NAN, NAN, NAN};
     return nonfinite ? RowStatus::kNonFinite : RowStatus::kNothingAllowed;
   }
-  const float s_max = m * p.inv_t;
   const int32_t* list = nullptr;
   int64_t n = vocab;
   if (p.top_k > 0 && p.top_k < vocab) {
@@ -211,7 +222,7 @@ RowStatus sample_row(const float* x, const uint8_t* banned, int64_t vocab, const
       n = K.gather_kept(x, banned, vocab, -kInf, scratch.idx);
       list = scratch.idx;
     }
-    const double z = K.exp_values(x, scratch.idx, n, p.inv_t, s_max, scratch.vals);
+    const double z = K.exp_values(x, scratch.idx, n, p.inv_t, m, scratch.vals);
     const float threshold = top_p_threshold(scratch.vals, n, static_cast<double>(p.top_p) * z, scratch.work, scratch.hist);
     int64_t kept = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -220,11 +231,17 @@ RowStatus sample_row(const float* x, const uint8_t* banned, int64_t vocab, const
     }
     n = kept;
   }
-  const ScanResult res = K.scan(x, banned, list, n, p.inv_t, s_max, !p.greedy, p.key, row, p.offset);
+  const bool stats = p.with_entropy || p.with_margin;
+  const ScanArgs args{m, p.inv_t, !p.greedy, stats, static_cast<uint32_t>(argmax), p.key, row, p.offset};
+  const ScanResult res = K.scan(x, banned, list, n, args);
   const int64_t tok = p.greedy || res.token < 0 ? argmax : res.token;
-  const double log_z = static_cast<double>(s_max) + std::log(res.z);
-  *token = tok;
-  *confidence = static_cast<float>(std::exp(static_cast<double>(x[tok] * p.inv_t) - log_z));
+  // The token's weight, as in the scan: exp_weight((x - m) * inv_t) in float32.
+  const double w_tok = K.exp_one((x[tok] - m) * p.inv_t);
+  out->token = tok;
+  out->confidence = static_cast<float>(w_tok / res.z);
+  out->entropy = stats ? static_cast<float>(std::log(res.z) - res.ws / res.z) : 0.0f;
+  // The argmax is always kept and its weight is exp_weight(0) = 1.
+  out->margin = stats ? static_cast<float>((1.0 - static_cast<double>(res.second)) / res.z) : 0.0f;
   return RowStatus::kOk;
 }
 

@@ -11,13 +11,24 @@
 
 namespace dbert_native {
 
+// The fields of dbert_kernels.params.SamplingParams (banned is passed separately), plus the key.
 struct SampleParams {
-  float inv_t;     // float32(1 / T_eff)
-  bool greedy;     // temperature == 0
-  int64_t top_k;   // 0: off
-  float top_p;     // >= 1: off
+  float inv_t;        // inv_temperature: float32(1 / T), 1 when greedy
+  bool greedy;        // the token is the argmax
+  int64_t top_k;      // 0: off
+  float top_p;        // >= 1: off
+  bool with_entropy;  // compute RowResult::entropy
+  bool with_margin;   // compute RowResult::margin
   Key key;
   uint32_t offset;
+};
+
+// What sample_row writes for one row (token -1 and NaN elsewhere when the row cannot be sampled).
+struct RowResult {
+  int64_t token;
+  float confidence;
+  float entropy;  // nats, of the filtered distribution (with_entropy)
+  float margin;   // top-1 minus top-2 probability (with_margin)
 };
 
 // Scratch buffers of one worker thread: idx, vals and work hold V entries, hist kTopPBins.
@@ -29,13 +40,14 @@ struct RowScratch {
   double* hist;
 };
 
-// What sample_row found: kOk, or why the row cannot be sampled (then token/confidence are unset).
+// What sample_row found: kOk, or why the row cannot be sampled.
 enum class RowStatus : uint8_t { kOk = 0, kNonFinite = 1, kNothingAllowed = 2 };
 
 // Sample one row: x [V] float32 logits, banned [V] (nonzero = banned), row = Philox row id.
-// Checks the row as it reads it: a NaN or +inf logit, or no finite allowed logit, is reported.
+// Checks the row as it reads it: a NaN or +inf allowed logit, or no finite allowed logit, is
+// reported (and the result is token -1, NaN elsewhere).
 RowStatus sample_row(const float* x, const uint8_t* banned, int64_t vocab, const SampleParams& p,
-                     uint32_t row, RowScratch scratch, int64_t* token, float* confidence);
+                     uint32_t row, RowScratch scratch, RowResult* out);
 
 // bfloat16 bits -> float32 (exact).
 void bf16_to_float(const uint16_t* in, float* out, int64_t n);

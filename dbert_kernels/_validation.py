@@ -15,38 +15,74 @@ import torch
 BERT_UNCASED_SPECIAL_IDS: tuple[int, ...] = (0, 101, 102, 103)
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: Integer dtypes accepted for token ids (ids written into them must fit, see check_fits_dtype).
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+#: row_index values are the second Philox counter word: they must lie in [0, 2**32).
+ROW_INDEX_LIMIT = 2**32
 _U64 = 2**64
 _U32 = 2**32
 
 IdsLike = Sequence[int] | torch.Tensor | None
 
 
-def check_seed(seed: int) -> int:
-    """A seed is a Python int in [0, 2**64)."""
+def _is_int_scalar_tensor(x: object) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 0 and x.dtype in INT_DTYPES
+
+
+def check_seed(seed: int | torch.Tensor) -> int | torch.Tensor:
+    """A seed is a Python int in [0, 2**64), or a 0-d integer tensor on any device (read as the
+    64-bit pattern of its int64 value, so it needs no range check and no host synchronisation)."""
+    if isinstance(seed, torch.Tensor):
+        if not _is_int_scalar_tensor(seed):
+            raise TypeError(f"a tensor seed must be a 0-d integer tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
+        return seed
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be a Python int in [0, 2**64), got {type(seed).__name__}")
+        raise TypeError(f"seed must be a Python int in [0, 2**64) or a 0-d integer tensor, got {type(seed).__name__}")
     if not 0 <= seed < _U64:
         raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
     return seed
 
 
-def check_offset(offset: int) -> int:
-    """An offset (the fourth Philox counter word, e.g. the step) is an int in [0, 2**32)."""
+def check_offset(offset: int | torch.Tensor, validate: bool = True) -> int | torch.Tensor:
+    """An offset (the fourth Philox counter word, e.g. the step) is an int in [0, 2**32), or a 0-d
+    integer tensor whose value is checked only when ``validate`` (a host synchronisation)."""
+    if isinstance(offset, torch.Tensor):
+        if not _is_int_scalar_tensor(offset):
+            raise TypeError(
+                f"a tensor offset must be a 0-d integer tensor, got {offset.dtype} of shape {tuple(offset.shape)}"
+            )
+        if validate and offset.device.type != "meta" and not 0 <= int(offset) < _U32:
+            raise ValueError(f"offset must lie in [0, 2**32), got {int(offset)}")
+        return offset
     if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be a Python int in [0, 2**32), got {type(offset).__name__}")
+        raise TypeError(f"offset must be a Python int in [0, 2**32) or a 0-d integer tensor, got {type(offset).__name__}")
     if not 0 <= offset < _U32:
         raise ValueError(f"offset must lie in [0, 2**32), got {offset}")
     return offset
+
+
+def check_not_meta(x: torch.Tensor, name: str) -> None:
+    """``x`` holds data (meta tensors have only a shape: the ops need values)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data): pass a CPU or CUDA tensor")
 
 
 def check_int_tensor(x: torch.Tensor, name: str, dims: int | None = None) -> None:
     """``x`` is an integer tensor (of ``dims`` dimensions when given)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(x).__name__}")
-    if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"{name} must hold integer token ids (int64 or int32), got {x.dtype}")
+    if x.dtype not in INT_DTYPES:
+        raise TypeError(f"{name} must hold integer token ids (int64, int32, int16, int8 or uint8), got {x.dtype}")
     if dims is not None and x.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(x.shape)}")
+    check_not_meta(x, name)
+
+
+def check_fits_dtype(value: int, dtype: torch.dtype, name: str) -> None:
+    """``value`` (an id that will be written into a tensor of ``dtype``) is representable there."""
+    info = torch.iinfo(dtype)
+    if not info.min <= value <= info.max:
+        raise ValueError(f"{name}={value} does not fit the ids' dtype {dtype} (range [{info.min}, {info.max}])")
 
 
 def check_ids_in_range(x: torch.Tensor, vocab_size: int, name: str) -> None:
@@ -67,14 +103,31 @@ def check_token_id(value: int | None, vocab_size: int, name: str) -> int:
     return value
 
 
-def vocab_table(ids: IdsLike, vocab_size: int, device: torch.device, name: str) -> torch.Tensor:
-    """A ``[vocab_size]`` bool table, True at the given ids (all False for None or empty)."""
+def vocab_table(
+    ids: IdsLike, vocab_size: int, device: torch.device, name: str, validate: bool = True
+) -> torch.Tensor:
+    """A ``[vocab_size]`` bool table: True at the given ids (all False for None or empty).
+
+    ``ids`` is a sequence or tensor of integer ids, or a ``[vocab_size]`` bool mask (used as it
+    is). Float or other non-integer ids are rejected; with ``validate`` the ids are checked to lie
+    in ``[0, vocab_size)`` (a host synchronisation for tensors).
+    """
     table = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     if ids is None:
         return table
-    ids_t = torch.as_tensor(ids, dtype=torch.int64).to(device).reshape(-1)
+    ids_t = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids) if not isinstance(ids, Sequence) else ids)
+    if ids_t.dtype == torch.bool:
+        if ids_t.shape != (vocab_size,):
+            raise ValueError(
+                f"{name} given as a bool mask must have shape [V] = [{vocab_size}], got {tuple(ids_t.shape)}"
+            )
+        return ids_t.to(device)
+    if ids_t.numel() and ids_t.dtype not in INT_DTYPES:
+        raise TypeError(f"{name} must be integer token ids or a [V] bool mask, got {ids_t.dtype} values")
+    ids_t = ids_t.to(device=device, dtype=torch.int64).reshape(-1)
     if ids_t.numel():
-        check_ids_in_range(ids_t, vocab_size, name)
+        if validate:
+            check_ids_in_range(ids_t, vocab_size, name)
         table[ids_t] = True
     return table
 
@@ -105,37 +158,48 @@ def check_logits(logits: torch.Tensor) -> int:
         )
     if logits.shape[1] < 1:
         raise ValueError("logits have an empty vocabulary dimension")
+    check_not_meta(logits, "logits")
     return int(logits.shape[1])
 
 
 def check_readable_rows(logits: torch.Tensor, rows: torch.Tensor | None, banned: torch.Tensor) -> None:
-    """The rows that will be read (``rows``: bool [R], None for all) have no NaN or +inf, and each
-    has a finite logit outside ``banned`` ([V] bool)."""
+    """The rows that will be read (``rows``: bool [R], None for all) have no NaN or +inf at an
+    allowed id (banned ids are never read), and each has a finite logit outside ``banned``."""
     x = logits if rows is None else logits[rows]
     if x.numel() == 0:
         return
-    bad = torch.isnan(x) | (x == float("inf"))
+    allowed = ~banned[None, :]
+    bad = (torch.isnan(x) | (x == float("inf"))) & allowed
     if bad.any():
         row = int(bad.any(dim=1).nonzero()[0, 0])
         if rows is not None:
             row = int(rows.nonzero()[row, 0])
         raise ValueError(
-            f"logits row {row} contains NaN or +inf; only finite values and -inf (a banned "
-            "token) are allowed"
+            f"logits row {row} contains NaN or +inf at an allowed id; only finite values and -inf "
+            "(a token that cannot be drawn) are allowed"
         )
     allowed_max = x.float().masked_fill(banned[None, :], float("-inf")).amax(dim=1)
     if bool((allowed_max == float("-inf")).any()):
         raise ValueError("a row has no token with a finite logit outside banned_ids: nothing can be sampled")
 
 
-def check_row_index(row_index: torch.Tensor | None, n_rows: int, device: torch.device) -> torch.Tensor:
-    """Philox row ids ``[n_rows]`` int64 on ``device`` (default ``arange(n_rows)``), non-negative."""
+def check_row_index(
+    row_index: torch.Tensor | None, n_rows: int, device: torch.device, validate: bool = True
+) -> torch.Tensor:
+    """Philox row ids ``[n_rows]`` int64 on ``device`` (default ``arange(n_rows)``), each in
+    ``[0, 2**32)`` (checked when ``validate``: a host synchronisation)."""
     if row_index is None:
         return torch.arange(n_rows, device=device)
     check_int_tensor(row_index, "row_index", dims=1)
-    if row_index.shape[0] != n_rows or (row_index.numel() and int(row_index.min()) < 0):
-        raise ValueError(f"row_index must be [{n_rows}] non-negative ints")
-    return row_index.to(device=device, dtype=torch.int64)
+    if row_index.shape[0] != n_rows:
+        raise ValueError(f"row_index must be [{n_rows}] ints in [0, 2**32), got shape {tuple(row_index.shape)}")
+    row_index = row_index.to(device=device, dtype=torch.int64)
+    if validate and row_index.numel() and (int(row_index.min()) < 0 or int(row_index.max()) >= ROW_INDEX_LIMIT):
+        raise ValueError(
+            f"row_index values must lie in [0, 2**32) (they are a 32-bit Philox counter word), got "
+            f"min {int(row_index.min())}, max {int(row_index.max())}"
+        )
+    return row_index
 
 
 def check_sampling_params(
@@ -158,13 +222,16 @@ def check_sampling_params(
             raise ValueError(f"top_p must lie in (0, 1] (None disables it), got {top_p}")
 
 
-def check_probability(p: float | torch.Tensor, rows: int, device: torch.device, name: str) -> torch.Tensor:
-    """A probability (scalar or ``[rows]``) in [0, 1] as a float32 tensor of shape [rows]."""
+def check_probability(
+    p: float | torch.Tensor, rows: int, device: torch.device, name: str, validate: bool = True
+) -> torch.Tensor:
+    """A probability (scalar or ``[rows]``) in [0, 1] as a float32 tensor of shape [rows] (the
+    values are checked when ``validate``: a host synchronisation for tensors)."""
     p_t = torch.as_tensor(p, dtype=torch.float32).to(device)
     if p_t.dim() == 0:
         p_t = p_t.expand(rows)
     if p_t.shape != (rows,):
         raise ValueError(f"{name} must be a float or a [{rows}] tensor, got shape {tuple(p_t.shape)}")
-    if p_t.numel() and (torch.isnan(p_t).any() or (p_t < 0).any() or (p_t > 1).any()):
+    if validate and p_t.numel() and (torch.isnan(p_t).any() or (p_t < 0).any() or (p_t > 1).any()):
         raise ValueError(f"{name} must lie in [0, 1]")
     return p_t

@@ -83,6 +83,38 @@ def build_info() -> str:
     return torch.ops.dbert_native.build_info() if load_native_library() else "dbert_native: unavailable"
 
 
+def _register_fake_impls() -> None:
+    """Shape-only implementations of the ops, so that ``torch.compile`` traces through them."""
+
+    @torch.library.register_fake("dbert_native::spindle_mask")
+    def _(ids, base, amp, info, protected_ids, rng, form, mask_id):
+        return torch.empty_like(ids), torch.empty(ids.shape, dtype=torch.bool, device=ids.device)
+
+    @torch.library.register_fake("dbert_native::sample")
+    def _(logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_temperature, greedy, top_k, top_p,
+          with_entropy, with_margin):
+        rows = logits.shape[0]
+        return (
+            logits.new_empty(rows, dtype=torch.int64),
+            logits.new_empty(rows, dtype=torch.float32),
+            logits.new_empty(rows if with_entropy else 0, dtype=torch.float32),
+            logits.new_empty(rows if with_margin else 0, dtype=torch.float32),
+        )
+
+    @torch.library.register_fake("dbert_native::topk_unmask")
+    def _(ids, candidates, confidence, k, rng, mask_id, gumbel_temperature):
+        return torch.empty_like(ids)
+
+
+_FAKES_REGISTERED = False
+
+
 def load() -> object | None:
     """This module when the library is (or can be) built and loaded, else None."""
-    return sys.modules[__name__] if load_native_library() else None
+    global _FAKES_REGISTERED
+    if not load_native_library():
+        return None
+    if not _FAKES_REGISTERED:
+        _register_fake_impls()
+        _FAKES_REGISTERED = True
+    return sys.modules[__name__]

@@ -12,9 +12,11 @@ import torch
 from . import reference
 from ._validation import (
     IdsLike,
+    check_fits_dtype,
     check_ids_in_range,
     check_int_tensor,
     check_logits,
+    check_not_meta,
     check_offset,
     check_probability,
     check_readable_rows,
@@ -27,6 +29,7 @@ from ._validation import (
 )
 from .backends import resolve_backend
 from .params import SamplingParams
+from .random import SeedLike
 from .schedules import Schedule
 
 __all__ = ["spindle_mask", "sample", "sample_absorbing", "topk_unmask", "unmask_decision"]
@@ -41,8 +44,8 @@ def spindle_mask(
     mask_id: int,
     protected_ids: IdsLike = None,
     vocab_size: int | None = None,
-    seed: int = 0,
-    offset: int = 0,
+    seed: SeedLike = 0,
+    offset: SeedLike = 0,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward process: mask tokens of ``ids`` at time ``t`` under ``schedule``.
@@ -88,6 +91,7 @@ def spindle_mask(
             raise ValueError("pass vocab_size (or token_info) so that ids can be checked")
         info = torch.zeros(vocab_size, dtype=torch.float32, device=device)
     check_token_id(mask_id, vocab_size, "mask_id")
+    check_fits_dtype(mask_id, ids.dtype, "mask_id")
     check_ids_in_range(ids, vocab_size, "ids")
     if schedule.is_spindle and schedule.spindle_form == "paper" and (info <= 0).any():
         raise ValueError("paper-form token_info (H = -log freq) must be > 0 everywhere")
@@ -114,12 +118,14 @@ def sample_absorbing(
     top_k: int | None = None,
     top_p: float | None = None,
     banned_ids: IdsLike = None,
-    seed: int = 0,
-    offset: int = 0,
+    seed: SeedLike = 0,
+    offset: SeedLike = 0,
     row_index: torch.Tensor | None = None,
+    return_entropy: bool = False,
+    return_margin: bool = False,
     validate: bool = True,
     backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """Categorical sampling from logits fused with the absorbing posterior step.
 
     Args:
@@ -128,55 +134,83 @@ def sample_absorbing(
         mask_id: the ``[MASK]`` id (required with ``ids``; always banned from the output).
         unmask_prob: probability (float or ``[R]``) that a masked row is revealed at this step,
             ``Schedule.unmask_probability(s, t)``; 1 reveals every masked row.
-        temperature: > 0 samples from ``softmax(logits / temperature)``; 0 is greedy.
+        temperature: > 0 samples from ``softmax(logits / temperature)``; 0 is greedy, and so is
+            a temperature so small that ``1 / temperature`` overflows float32.
         top_k: keep the ``top_k`` largest logits (ties at the boundary kept); None: all.
-        top_p: nucleus filter in (0, 1]; None: off.
-        banned_ids: ids never returned; default bert-base-uncased's [PAD] [CLS] [SEP] [MASK].
-        seed, offset: Philox key and counter word (use the step as offset).
-        row_index: ``[R]`` int Philox row ids (default ``arange(R)``); pass each row's global
-            position when sampling a subset so that results do not depend on the subset.
-        validate: check logits for NaN / +inf and all-banned rows (one extra read; turn off
-            for CUDA-graph capture, where bad rows then give an unspecified token).
+        top_p: nucleus filter in (0, 1]; None: off (the exact rule: :mod:`dbert_kernels.reference`).
+        banned_ids: ids never returned, as integer ids or a ``[V]`` bool mask; default
+            bert-base-uncased's [PAD] [CLS] [SEP] [MASK].
+        seed, offset: Philox key and counter word (use the step as offset): Python ints, or 0-d
+            integer tensors on any device (a tensor seed is read as the bit pattern of its int64
+            value), so that a compiled or graph-captured step can take new values without
+            recompiling.
+        row_index: ``[R]`` int Philox row ids in ``[0, 2**32)`` (default ``arange(R)``); pass each
+            row's global position when sampling a subset so that results do not depend on it.
+        return_entropy: also return the Shannon entropy (nats) of each row's filtered
+            distribution (at temperature 1 when greedy, like the confidence).
+        return_margin: also return top-1 minus top-2 probability of that distribution (1.0 when
+            one token is kept).
+        validate: check the inputs (ids and banned ids in range, probabilities in [0, 1],
+            ``row_index`` in range, every revealed row of logits free of NaN / +inf and with an
+            allowed finite logit). False skips every check that needs a host synchronisation
+            (for CUDA graphs and ``torch.compile``); a revealed row that cannot be sampled then
+            gives token ``-1`` and NaN confidence / entropy / margin on every backend.
 
     Returns:
-        ``(tokens, confidence)``: ``[R]`` int64 and float32. Revealed rows hold the sampled token
-        and its probability under the filtered distribution (at temperature 1 when greedy);
-        rows unmasked on entry keep their token with confidence 1; masked rows not revealed stay
-        ``mask_id`` with confidence 0. Logits of rows that are not revealed are never read.
+        ``(tokens, confidence)`` (``[R]`` int64 and float32), followed by ``entropy`` and then
+        ``margin`` (``[R]`` float32) when asked for. Revealed rows hold the sampled token and its
+        probability under the filtered distribution (at temperature 1 when greedy). Rows unmasked
+        on entry keep their token with confidence 1, entropy 0, margin 1; masked rows not revealed
+        stay ``mask_id`` with confidence 0 and NaN entropy and margin. Logits of rows that are not
+        revealed are never read.
     """
     vocab = check_logits(logits)
     check_sampling_params(temperature, top_k, top_p, vocab)
     check_seed(seed)
-    check_offset(offset)
+    check_offset(offset, validate)
     n_rows = logits.shape[0]
     device = logits.device
     banned_ids = default_banned(banned_ids, vocab)
-    banned = vocab_table(banned_ids, vocab, device, "banned_ids")
+    banned = vocab_table(banned_ids, vocab, device, "banned_ids", validate)
     if ids is not None:
         check_int_tensor(ids, "ids", dims=1)
         if ids.shape[0] != n_rows:
             raise ValueError(f"ids has {ids.shape[0]} rows but logits have {n_rows}")
         if ids.device != device:
             raise ValueError(f"ids are on {ids.device} but logits on {device}")
-        check_ids_in_range(ids, vocab, "ids")
+        if validate:
+            check_ids_in_range(ids, vocab, "ids")
     if mask_id is not None:
         check_token_id(mask_id, vocab, "mask_id")
+        banned = banned.clone()
         banned[mask_id] = True
     elif ids is not None:
         raise ValueError("pass mask_id together with ids (it marks the rows still to sample)")
-    if bool(banned.all()):
+    if validate and bool(banned.all()):
         raise ValueError("every token of the vocabulary is banned: nothing can be sampled")
-    prob = check_probability(unmask_prob, n_rows, device, "unmask_prob")
-    row_index = check_row_index(row_index, n_rows, device)
+    prob = check_probability(unmask_prob, n_rows, device, "unmask_prob", validate)
+    row_index = check_row_index(row_index, n_rows, device, validate)
     _, impl = resolve_backend(backend, device)
-    # A backend that checks each row while it reads it (CHECKS_LOGITS) needs no extra pass here.
-    if validate and not getattr(impl, "CHECKS_LOGITS", False):
-        check_readable_rows(logits, None if ids is None else ids == mask_id, banned)
-    params = SamplingParams.create(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
-    tokens, confidence, _, _ = impl.sample(
-        logits, ids, prob, row_index, -1 if mask_id is None else mask_id, params, seed, offset
+    # A backend that checks each row while it reads it (CHECKS_LOGITS: bad rows come back as
+    # token -1) needs no extra pass over the logits here.
+    checks_rows = getattr(impl, "CHECKS_LOGITS", False)
+    is_masked = None if ids is None else ids == mask_id
+    if validate and not checks_rows:
+        check_readable_rows(logits, is_masked, banned)
+    params = SamplingParams.create(
+        temperature=temperature, top_k=top_k, top_p=top_p, banned=banned,
+        with_entropy=return_entropy, with_margin=return_margin,
     )
-    return tokens, confidence
+    mask = -1 if mask_id is None else mask_id
+    tokens, confidence, entropy, margin = impl.sample(logits, ids, prob, row_index, mask, params, seed, offset)
+    if validate and checks_rows and bool((tokens < 0).any()):
+        check_readable_rows(logits, tokens < 0, banned)  # raises, naming the first bad row
+    out: tuple[torch.Tensor, ...] = (tokens, confidence)
+    if return_entropy:
+        out += (entropy,)
+    if return_margin:
+        out += (margin,)
+    return out
 
 
 def sample(
@@ -186,19 +220,23 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     banned_ids: IdsLike = None,
-    seed: int = 0,
-    offset: int = 0,
+    seed: SeedLike = 0,
+    offset: SeedLike = 0,
     row_index: torch.Tensor | None = None,
+    return_entropy: bool = False,
+    return_margin: bool = False,
     validate: bool = True,
     backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of ``logits`` [R, V]; returns (tokens [R] int64, confidence [R]).
+) -> tuple[torch.Tensor, ...]:
+    """Draw one token per row of ``logits`` [R, V]: ``(tokens [R] int64, confidence [R] float32)``
+    followed by ``entropy`` and ``margin`` when asked for.
 
     :func:`sample_absorbing` with every row masked and revealed; see it for the arguments.
     """
     return sample_absorbing(
         logits, None, temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned_ids,
-        seed=seed, offset=offset, row_index=row_index, validate=validate, backend=backend,
+        seed=seed, offset=offset, row_index=row_index, return_entropy=return_entropy,
+        return_margin=return_margin, validate=validate, backend=backend,
     )
 
 
@@ -206,8 +244,8 @@ def unmask_decision(
     is_masked: torch.Tensor,
     unmask_prob: float | torch.Tensor,
     *,
-    seed: int = 0,
-    offset: int = 0,
+    seed: SeedLike = 0,
+    offset: SeedLike = 0,
     row_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which masked rows :func:`sample_absorbing` reveals with the same seed and offset.
@@ -233,8 +271,9 @@ def topk_unmask(
     *,
     mask_id: int,
     gumbel_temperature: float = 0.0,
-    seed: int = 0,
-    offset: int = 0,
+    vocab_size: int | None = None,
+    seed: SeedLike = 0,
+    offset: SeedLike = 0,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Confidence-based unmasking (MaskGIT / LLaDA style).
@@ -246,6 +285,10 @@ def topk_unmask(
         k: per-row count ``[B]`` (or an int): reveal ``min(k[b], #masked in row b)`` positions.
         gumbel_temperature: 0 ranks by confidence; > 0 ranks by
             ``log(confidence) + gumbel_temperature * Gumbel`` (seeded), for diversity.
+        mask_id: an int id (it must fit the ids' dtype).
+        vocab_size: V; when given, the candidates at masked positions must lie in ``[0, V)``.
+            They must always be >= 0 and fit the ids' dtype (no silent wrap-around).
+        seed, offset: Python ints or 0-d integer tensors, as in :func:`sample_absorbing`.
 
     Returns:
         New ids ``[B, L]`` (same dtype): the chosen positions take their candidate; ties in the
@@ -255,6 +298,11 @@ def topk_unmask(
     check_int_tensor(candidates, "candidates", dims=2)
     check_seed(seed)
     check_offset(offset)
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int):
+        raise TypeError(f"mask_id must be an int token id, got {mask_id!r}")
+    check_fits_dtype(mask_id, ids.dtype, "mask_id")
+    if vocab_size is not None:
+        check_token_id(mask_id, vocab_size, "mask_id")
     if candidates.shape != ids.shape or confidence.shape != ids.shape:
         raise ValueError(
             f"ids, candidates and confidence must share one [B, L] shape; got {tuple(ids.shape)}, "
@@ -262,9 +310,18 @@ def topk_unmask(
         )
     if not confidence.is_floating_point():
         raise TypeError(f"confidence must be a float tensor, got {confidence.dtype}")
+    check_not_meta(confidence, "confidence")
     eligible = ids == mask_id
-    if bool((candidates[eligible] == mask_id).any()):
+    cand_e = candidates[eligible]
+    if bool((cand_e == mask_id).any()):
         raise ValueError("a candidate token equals mask_id: sample candidates with mask_id banned")
+    if cand_e.numel():
+        limit = torch.iinfo(ids.dtype).max + 1 if vocab_size is None else min(vocab_size, torch.iinfo(ids.dtype).max + 1)
+        if int(cand_e.min()) < 0 or int(cand_e.max()) >= limit:
+            raise ValueError(
+                f"candidates at masked positions must lie in [0, {limit}) (the vocabulary, and the "
+                f"ids' dtype {ids.dtype}); got min {int(cand_e.min())}, max {int(cand_e.max())}"
+            )
     conf_e = confidence[eligible]
     if conf_e.numel() and (torch.isnan(conf_e).any() or (conf_e < 0).any() or (conf_e > 1).any()):
         raise ValueError("confidence must lie in [0, 1] (no NaN) at masked positions")

@@ -14,15 +14,26 @@ import torch
 
 __all__ = ["SamplingParams", "float32_inverse"]
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
+def _round_to_float32(value: float) -> float:
+    """``value`` (finite, >= 0) rounded to the nearest float32, ties to even; ``inf`` on overflow.
+
+    Plain Python arithmetic (no tensor, no host synchronisation), so that ``torch.compile`` folds it.
+    """
+    if value == 0.0:
+        return 0.0
+    mantissa, exponent = math.frexp(value)  # value = mantissa * 2**exponent, mantissa in [0.5, 1)
+    bits = 24 - max(0, -125 - exponent)  # fewer mantissa bits below float32's normal range
+    rounded = math.ldexp(round(math.ldexp(mantissa, bits)), exponent - bits)
+    return math.inf if rounded > _FLOAT32_MAX else rounded
 
 
 def float32_inverse(temperature: float) -> float:
     """``1 / temperature`` rounded to float32 (as a Python float); ``inf`` when it overflows."""
     inv = 1.0 / temperature if temperature > 0 else math.inf
-    if math.isinf(inv):
-        return math.inf
-    return float(torch.tensor(inv, dtype=torch.float32))
+    return math.inf if math.isinf(inv) else _round_to_float32(inv)
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class SamplingParams:
         """Resolve validated user settings: ``None`` filters become off, and a temperature whose
         ``1 / T`` overflows float32 (or is 0) becomes greedy."""
         inv_t = float32_inverse(float(temperature))
-        greedy = math.isinf(inv_t) or inv_t > _FLOAT32_MAX
+        greedy = math.isinf(inv_t)
         return cls(
             inv_temperature=1.0 if greedy else inv_t,
             greedy=greedy,

@@ -46,6 +46,7 @@ from .random import (
     STREAM_MASK,
     STREAM_SAMPLE,
     STREAM_UNMASK,
+    SeedLike,
     exponential_from_bits,
     philox_words,
     uniform_from_bits,
@@ -72,6 +73,7 @@ def keep_probability(
     ``[V]`` float32 token information; ``protected``: ``[V]`` bool; ``form``: ``"none"``,
     ``"code"`` or ``"paper"``.
     """
+    ids = ids.to(torch.int64)  # (a uint8 tensor would index as a mask)
     return spindle_keep_probability(base, amp, info[ids], ~protected[ids], form)
 
 
@@ -105,41 +107,96 @@ def reveal_rows(
     return is_masked & (uniform_from_bits(w0) < unmask_prob)
 
 
+def _f32(value: float, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def exp_weight(s: torch.Tensor) -> torch.Tensor:
+    """The softmax weight ``w = exp(s)`` of float32 scaled logits ``s <= 0`` (``-inf`` allowed).
+
+    Every backend evaluates exactly this float32 sequence (Cephes' ``expf``: range reduction by
+    ``n = round(s log2 e)``, a degree-5 polynomial, scaling by ``2**n``; each operation rounded to
+    float32, no fused multiply-add), so the weights, and with them the top-p set, agree bit for
+    bit. ``s < -87`` gives 0.
+    """
+    dev = s.device
+    under = s < -87.0
+    t = torch.where(under, _f32(-87.0, dev), s)
+    magic = _f32(12582912.0, dev)  # 1.5 * 2**23: adding and subtracting it rounds to an integer
+    n = (t * _f32(1.44269504088896341, dev) + magic) - magic
+    r = t - n * _f32(0.693359375, dev)
+    r = r - n * _f32(-2.12194440e-4, dev)
+    r2 = r * r
+    y = r * _f32(1.9875691500e-4, dev) + _f32(1.3981999507e-3, dev)
+    y = y * r + _f32(8.3334519073e-3, dev)
+    y = y * r + _f32(4.1665795894e-2, dev)
+    y = y * r + _f32(1.6666665459e-1, dev)
+    y = y * r + _f32(5.0000001201e-1, dev)
+    y = y * r2 + r + _f32(1.0, dev)
+    scale = ((n.to(torch.int32) + 127) << 23).view(torch.float32)
+    return torch.where(under, _f32(0.0, dev), y * scale)
+
+
+def _top_p_keep(w: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p on float32 weights ``w`` [n, V] (0 outside the kept set): keep ``w_i`` iff the
+    float64 sum of the weights strictly greater than ``w_i`` is ``< float32(top_p) * sum(w)``."""
+    w64 = w.to(torch.float64)
+    total = w64.sum(dim=1, keepdim=True)
+    ascending = torch.sort(w64, dim=1).values
+    count_gt = w64.shape[1] - torch.searchsorted(ascending, w64, right=True)
+    top_down = torch.cumsum(ascending.flip(1), dim=1)  # sums of the largest 1, 2, ... weights
+    above = torch.cat([torch.zeros_like(total), top_down], dim=1).gather(1, count_gt)
+    return above < float(_f32(top_p, w.device)) * total
+
+
 def _sample_rows(
-    x: torch.Tensor, rows: torch.Tensor, params: SamplingParams, seed: int, offset: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of float32 logits ``x`` [n, V]; ``rows``: Philox row ids [n]."""
+    x: torch.Tensor, rows: torch.Tensor, params: SamplingParams, seed: SeedLike, offset: SeedLike
+) -> tuple[torch.Tensor, ...]:
+    """Sample one token per row of float32 logits ``x`` [n, V]; ``rows``: Philox row ids [n].
+
+    Returns ``(token, confidence, entropy, margin)``, each ``[n]``; bad rows get ``-1`` / NaN.
+    """
+    dev = x.device
     vocab = x.shape[1]
-    banned = params.banned
-    x = x.masked_fill(banned[None, :], float("-inf"))
-    inv_t = torch.tensor(params.inv_temperature, dtype=torch.float32)
-    keep = ~banned[None, :].expand_as(x)
+    allowed = ~params.banned[None, :]
+    bad = ((torch.isnan(x) | (x == float("inf"))) & allowed).any(dim=1)
+    x = torch.where(allowed, x, _f32(float("-inf"), dev))
+    bad = bad | ~(x > float("-inf")).any(dim=1)
+    x = torch.where(bad[:, None] & allowed, _f32(0.0, dev), x)  # computed, then discarded
+    m = x.amax(dim=1, keepdim=True)
+    argmax = torch.argmax(x, dim=1)  # first maximum: ties go to the lower id
+    keep = allowed.expand_as(x)
     if 0 < params.top_k < vocab:
         kth = torch.topk(x, params.top_k, dim=1).values[:, -1:]
         keep = keep & (x >= kth)
-    scaled = x * inv_t
+    s = (x - m) * _f32(params.inv_temperature, dev)
+    w = torch.where(keep, exp_weight(s), _f32(0.0, dev))
     if params.top_p < 1.0:
-        probs = torch.softmax(scaled.masked_fill(~keep, float("-inf")), dim=1)
-        sorted_p, _ = torch.sort(probs, dim=1, descending=True)
-        mass_before = torch.cumsum(sorted_p, dim=1) - sorted_p
-        # smallest probability whose strictly-more-likely mass is below top_p
-        candidates = torch.where(mass_before < params.top_p, sorted_p, torch.full_like(sorted_p, 2.0))
-        threshold = candidates.min(dim=1, keepdim=True).values
-        keep = keep & (probs >= threshold)
-    filtered = scaled.masked_fill(~keep, float("-inf"))
-    if not params.greedy:
-        # Gumbel noise only where it can matter (the kept ids): the same draws, far fewer of them
-        # after a top-k / top-p filter.
-        r_idx, c_idx = keep.nonzero(as_tuple=True)
-        w0, w1, _, _ = philox_words(seed, c_idx, rows[r_idx], STREAM_SAMPLE, offset, device=x.device)
-        score = torch.full_like(filtered, float("-inf"))
-        score[r_idx, c_idx] = filtered[r_idx, c_idx] - torch.log(exponential_from_bits(w0, w1))
-        token = torch.argmax(score, dim=1)
+        keep = keep & _top_p_keep(w, params.top_p)
+        w = torch.where(keep, w, _f32(0.0, dev))
+    if params.greedy:
+        token = argmax
     else:
-        token = torch.argmax(filtered, dim=1)  # first maximum: ties go to the lower id
-    log_z = torch.logsumexp(filtered, dim=1)
-    conf = torch.exp(filtered.gather(1, token[:, None])[:, 0] - log_z)
-    return token, conf
+        if torch.compiler.is_compiling():  # static shapes: noise for every id
+            cols = torch.arange(vocab, device=dev)[None, :]
+            w0, w1, _, _ = philox_words(seed, cols, rows[:, None], STREAM_SAMPLE, offset, device=dev)
+            score = torch.where(keep, s - torch.log(exponential_from_bits(w0, w1)), _f32(float("-inf"), dev))
+        else:  # Gumbel noise only where it can matter (the kept ids): the same draws, fewer of them
+            r_idx, c_idx = keep.nonzero(as_tuple=True)
+            w0, w1, _, _ = philox_words(seed, c_idx, rows[r_idx], STREAM_SAMPLE, offset, device=dev)
+            score = torch.full_like(s, float("-inf"))
+            score[r_idx, c_idx] = s[r_idx, c_idx] - torch.log(exponential_from_bits(w0, w1))
+        token = torch.argmax(score, dim=1)
+    w64 = w.to(torch.float64)
+    z = w64.sum(dim=1)
+    conf = w64.gather(1, token[:, None])[:, 0] / z
+    weighted_s = torch.where(w > 0, w64 * s.to(torch.float64), torch.zeros_like(w64)).sum(dim=1)
+    entropy = torch.log(z) - weighted_s / z
+    second = w64.scatter(1, argmax[:, None], 0.0).amax(dim=1)
+    margin = (w64.gather(1, argmax[:, None])[:, 0] - second) / z
+    nan = torch.full_like(z, float("nan"))
+    token = torch.where(bad, torch.full_like(token, -1), token)
+    return (token,) + tuple(torch.where(bad, nan, v).to(torch.float32) for v in (conf, entropy, margin))
 
 
 def sample(
@@ -149,15 +206,16 @@ def sample(
     row_index: torch.Tensor,
     mask_id: int,
     params: SamplingParams,
-    seed: int,
-    offset: int,
+    seed: SeedLike,
+    offset: SeedLike,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Absorbing-state categorical sampling: ``(tokens [R] int64, confidence [R] float32,
     entropy [R] float32 or None, margin [R] float32 or None)``.
 
     ``logits`` [R, V] (fp32/fp16/bf16), ``ids`` [R] current tokens or None (every row masked),
     ``unmask_prob`` [R] float32, ``row_index`` [R] int64 Philox row ids; ``params`` the resolved
-    filters (``params.banned`` [V] bool includes ``mask_id``).
+    filters (``params.banned`` [V] bool includes ``mask_id``); ``seed`` / ``offset`` ints or 0-d
+    integer tensors. Entropy and margin are None unless ``params`` asks for them.
     """
     n_rows, vocab = logits.shape
     device = logits.device
@@ -167,16 +225,31 @@ def sample(
     else:
         tokens = ids.to(torch.int64).clone()
         is_masked = tokens == mask_id
-    conf = torch.where(is_masked, 0.0, 1.0).to(torch.float32)
+    nan = _f32(float("nan"), device)
+    conf = torch.where(is_masked, _f32(0.0, device), _f32(1.0, device))
+    entropy = torch.where(is_masked, nan, _f32(0.0, device))
+    margin = torch.where(is_masked, nan, _f32(1.0, device))
     reveal = reveal_rows(is_masked, unmask_prob, row_index, seed, offset)
-    picked = reveal.nonzero()[:, 0]
     chunk = max(1, _CHUNK_ELEMENTS // vocab)
-    for start in range(0, picked.numel(), chunk):
-        sel = picked[start : start + chunk]
-        tok, c = _sample_rows(logits[sel].to(torch.float32), row_index[sel], params, seed, offset)
-        tokens[sel] = tok
-        conf[sel] = c
-    return tokens, conf, None, None
+    if torch.compiler.is_compiling():  # static shapes: every row, the revealed ones kept
+        for start in range(0, n_rows, chunk):
+            sl = slice(start, start + chunk)
+            out = _sample_rows(logits[sl].to(torch.float32), row_index[sl], params, seed, offset)
+            for dest, value in zip((tokens, conf, entropy, margin), out, strict=True):
+                dest[sl] = torch.where(reveal[sl], value, dest[sl])
+    else:
+        picked = reveal.nonzero()[:, 0]
+        for start in range(0, picked.numel(), chunk):
+            sel = picked[start : start + chunk]
+            out = _sample_rows(logits[sel].to(torch.float32), row_index[sel], params, seed, offset)
+            for dest, value in zip((tokens, conf, entropy, margin), out, strict=True):
+                dest[sel] = value
+    return (
+        tokens,
+        conf,
+        entropy if params.with_entropy else None,
+        margin if params.with_margin else None,
+    )
 
 
 def topk_unmask(
