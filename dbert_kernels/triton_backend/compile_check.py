@@ -1,7 +1,7 @@
 """Compile kernel variants for a GPU target without a GPU (Triton's bundled toolchain) and report
 their resources.
 
-    TRITON_INTERPRET=0 python -m dbert_kernels.triton_backend.compile_check [--arch 90] [--quick] [--strict]
+    TRITON_INTERPRET=0 python -m dbert_kernels.triton_backend.compile_check [--arch 90] [--quick | --production] [--strict]
 
 Catches what the interpreter accepts but the compiler rejects, on a machine with no GPU, and
 reports per variant: registers per thread, spilled bytes (the per-thread stack of the cubin, read
@@ -52,10 +52,12 @@ _UNMASK_SIG = {
 PRODUCTION = [(False, False, False), (False, True, False), (False, False, True), (False, True, True)]
 
 
-def _variants(quick: bool):
+def _variants(quick: bool, production: bool = False):
     """(name, kernel, signature, constexprs, warps, production?) of each variant to compile."""
     flavours = [(False, True, True)] if quick else list(itertools.product((False, True), repeat=3))
     blocks = [("bf16", 1024)] if quick else [("bf16", 32768), ("fp32", 32768), ("bf16", 65536)]
+    if production:
+        flavours, blocks = PRODUCTION, [("bf16", 32768)]
     for (greedy, topk, topp), (dtype, block) in itertools.product(flavours, blocks):
         sig = dict(_RESIDENT_SIG, logits_ptr=f"*{dtype}")
         consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp, WITH_ENTROPY=False,
@@ -114,7 +116,7 @@ def logits_loads(ttir: str) -> tuple[int, int]:
     return loads, in_loop
 
 
-def compile_all(arch: int = 90, quick: bool = False, strict: bool = False) -> list[str]:
+def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, production: bool = False) -> list[str]:
     """Compile each variant for ``sm_<arch>``; one report line per variant.
 
     Raises ``triton.CompilationError`` on failure and ``RuntimeError`` (``strict``) when a
@@ -122,7 +124,7 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False) -> li
     """
     target = GPUTarget("cuda", arch, 32)
     lines = []
-    for name, fn, sig, consts, warps, production in _variants(quick):
+    for name, fn, sig, consts, warps, is_production in _variants(quick, production):
         signature = dict(sig, **{k: "constexpr" for k in consts})
         keys = list(signature)
         start = time.perf_counter()
@@ -138,9 +140,9 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False) -> li
         lines.append(
             f"{name} {sig.get('logits_ptr', '')[1:]} block={consts.get('BLOCK_V', consts.get('BLOCK_L'))} warps={warps} "
             f"{flags}: ok in {time.perf_counter() - start:.1f} s, registers {res.get('REG', '?')}, "
-            f"spilled bytes {spill}, shared {kernel.metadata.shared}{loads}{' [production]' if production else ''}"
+            f"spilled bytes {spill}, shared {kernel.metadata.shared}{loads}{' [production]' if is_production else ''}"
         )
-        if strict and production and spill:
+        if strict and is_production and spill:
             raise RuntimeError("a production variant spills: " + lines[-1])
     return lines
 
@@ -150,8 +152,12 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
     parser.add_argument("--quick", action="store_true", help="one sampling flavour at a small block")
     parser.add_argument("--strict", action="store_true", help="fail when a production sampling variant spills")
+    parser.add_argument("--production", action="store_true",
+                        help="only the production sampling flavours (bf16, V = 30522) and the other kernels")
     args = parser.parse_args()
-    for line in compile_all(args.arch, args.quick, args.strict):
+    print(f"# compile_check --arch {args.arch}{' --quick' if args.quick else ''}"
+          f"{' --production' if args.production else ''}: triton {triton.__version__}", flush=True)
+    for line in compile_all(args.arch, args.quick, args.strict, args.production):
         print(line, flush=True)
 
 

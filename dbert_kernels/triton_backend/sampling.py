@@ -124,39 +124,67 @@ def _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows,
 
 
 @triton.jit
-def _kth_key_bisect(key, top_k, lo, hi):
-    """Largest key ``v`` with ``#(key >= v) >= top_k`` (``lo``/``hi``: actual keys bounding it)."""
+def _scaled(x, m, inv_t, zero):
+    """``s = (x - m) * inv_t``; ``zero`` is a 0.0 known only at run time (``m + zero == m``), so
+    that each step recomputes ``s`` from the resident ``x`` instead of keeping it in registers."""
+    return (x - (m + zero)[:, None]) * inv_t
+
+
+@triton.jit
+def _key_value(key):
+    """The float32 whose :func:`float_key` is ``key`` (the key map is its own inverse)."""
+    return (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _kth_largest(x, top_k, lo, hi):
+    """The largest value ``v`` of ``x`` with ``#(x >= v) >= top_k``, by bisection over the keys
+    (``lo``/``hi``: keys of actual values bounding it); compares values, holds no key array."""
     steps = 0
     while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
         live = lo < hi
         pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64) + 1) >> 1)).to(tl.int32)
-        ge = key >= pivot[:, None]
+        ge = x >= _key_value(pivot)[:, None]
         count = tl.sum(ge.to(tl.int32), axis=1)
-        above = tl.min(tl.where(ge, key, INT32_MAX), axis=1)
-        below = tl.max(tl.where(ge, INT32_MIN, key), axis=1)
+        above = float_key(tl.min(tl.where(ge, x, float("inf")), axis=1))
+        below = float_key(tl.max(tl.where(ge, NEG_INF, x), axis=1))
         enough = count >= top_k
         lo = tl.where(live & enough, above, lo)
         hi = tl.where(live, tl.where(enough, tl.where(count == top_k, above, hi), below), hi)
         steps += 1
-    return lo
+    return _key_value(lo)
 
 
 @triton.jit
-def _topp_key_bisect(wkey, w, need, lo, hi):
-    """Smallest weight key ``v`` whose float64 mass of strictly larger weights is ``< need``."""
+def _topp_threshold(x, m, inv_t, x_thr, need, lo, hi):
+    """The smallest kept weight: the smallest weight ``v`` whose float64 mass of strictly larger
+    weights (of ``x >= x_thr``) is ``< need``, by bisection over the weights' keys."""
     steps = 0
     while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
         live = lo < hi
         pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64)) >> 1)).to(tl.int32)
-        gt = wkey > pivot[:, None]
+        zero = lo.to(tl.float32) * 0.0
+        w = tl.where(x >= x_thr[:, None], exp_weight(_scaled(x, m, inv_t, zero)), 0.0)
+        gt = w > _key_value(pivot)[:, None]
         mass = tl.sum(tl.where(gt, w.to(tl.float64), 0.0), axis=1)
-        above = tl.min(tl.where(gt, wkey, INT32_MAX), axis=1)
-        below = tl.max(tl.where(gt, INT32_MIN, wkey), axis=1)
+        above = float_key(tl.min(tl.where(gt, w, float("inf")), axis=1))
+        below = float_key(tl.max(tl.where(gt, -1.0, w), axis=1))
         small = mass < need
         lo = tl.where(live & ~small, above, lo)
         hi = tl.where(live & small, below, hi)
         steps += 1
-    return lo
+    return _key_value(lo)
+
+
+@triton.jit
+def _candidates(x, m, inv_t, cut_x, cut_w, lower, zero, CUT_W: tl.constexpr):
+    """The candidates of the resident kernel: finite, ``x >= cut_x``, ``s + 33 >= lower`` and,
+    with ``CUT_W``, weight ``> cut_w`` (an upward-closed set)."""
+    s = _scaled(x, m, inv_t, zero)
+    cand = (x >= cut_x[:, None]) & (x > NEG_INF) & (s + GUMBEL_BOUND >= lower[:, None])
+    if CUT_W:
+        cand = cand & (exp_weight(s) > cut_w[:, None])
+    return cand
 
 
 @triton.jit
@@ -216,23 +244,22 @@ def _sample_resident_kernel(
         w = exp_weight((x - m[:, None]) * inv_t).to(tl.float64)
         need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(w, axis=1) * TOPP_SLACK
         v = tl.full([BLOCK_R], 1.0, tl.float32)
-        for j in tl.static_range(1, RADIX):
+        for _j in tl.static_range(1, RADIX):
             v = v * 0.5
             take = ~found & (tl.sum(tl.where(w > v[:, None], w, 0.0), axis=1) >= need)
             cut_w = tl.where(take, v, cut_w)
             found = found | take
     elif not GREEDY:
         lower = -_gumbel(seed, first, row_id, offset)
-    s = (x - m[:, None]) * inv_t
-    cand = (x >= cut_x[:, None]) & (x > NEG_INF) & (s + GUMBEL_BOUND >= lower[:, None])
-    if USE_TOPP and not USE_TOPK:
-        cand = cand & (exp_weight(s) > cut_w[:, None])
-    n_cand = tl.sum(cand.to(tl.int32), axis=1)
+    n_cand = tl.sum(_candidates(x, m, inv_t, cut_x, cut_w, lower, m * 0.0, USE_TOPP and not USE_TOPK).to(tl.int32),
+                    axis=1)
     fits = tl.max(n_cand, axis=0) <= SLOTS
     x_thr = tl.full([BLOCK_R], NEG_INF, tl.float32)  # kept: x >= x_thr and w >= w_thr
     w_thr = tl.zeros([BLOCK_R], dtype=tl.float32)
     if fits:
         # -- 3a. compact the candidates (id order); decide and draw among them
+        zero = n_cand.to(tl.float32) * 0.0
+        cand = _candidates(x, m, inv_t, cut_x, cut_w, lower, zero, USE_TOPP and not USE_TOPK)
         slot_base = rows.to(tl.int64) * SLOTS
         rank = tl.cumsum(cand.to(tl.int32), axis=1) - 1
         tl.store(slot_x_ptr + slot_base[:, None] + rank, x, mask=cand)
@@ -254,7 +281,8 @@ def _sample_resident_kernel(
         sc = (xc - m[:, None]) * inv_t
         wc = exp_weight(sc)
         if USE_TOPP:
-            z_k = tl.sum(tl.where(x >= x_thr[:, None], exp_weight(s), 0.0).to(tl.float64), axis=1)
+            w_all = exp_weight(_scaled(x, m, inv_t, zero))
+            z_k = tl.sum(tl.where(x >= x_thr[:, None], w_all, 0.0).to(tl.float64), axis=1)
             wk = tl.where(keep, wc, 0.0)
             above = tl.zeros([BLOCK_R, SLOTS], dtype=tl.float64)
             for c in tl.static_range(0, SLOTS, PAIR_CHUNK):
@@ -277,28 +305,30 @@ def _sample_resident_kernel(
             token = tl.sum(tl.where(at, cc, 0), axis=1)
             w_tok = tl.sum(tl.where(at, wc, 0.0), axis=1)
     else:
-        # -- 3b. many candidates: bisection over the keys of the resident row
+        # -- 3b. many candidates: bisection on the resident row
         if USE_TOPK:
-            key = float_key(x)
-            kth = _kth_key_bisect(key, top_k, tl.min(key, axis=1), tl.max(key, axis=1))
-            x_thr = tl.max(tl.where(key == kth[:, None], x, NEG_INF), axis=1)
+            key_lo = float_key(tl.min(x, axis=1))
+            x_thr = _kth_largest(x, top_k, key_lo, tl.where(invalid, key_lo, float_key(m)))
         if USE_TOPP:
-            w = tl.where(x >= x_thr[:, None], exp_weight(s), 0.0)
-            wkey = float_key(w)
+            zero = n_cand.to(tl.float32) * 0.0
+            w = tl.where(x >= x_thr[:, None], exp_weight(_scaled(x, m, inv_t, zero)), 0.0)
             need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(w.to(tl.float64), axis=1)
-            lo = tl.min(tl.where(w > 0.0, wkey, INT32_MAX), axis=1)
-            hi = tl.max(wkey, axis=1)
-            w_thr_key = _topp_key_bisect(wkey, w, need, tl.where(invalid, hi, lo), hi)
-            w_thr = tl.max(tl.where(wkey == w_thr_key[:, None], w, 0.0), axis=1)
-        kept = (x >= x_thr[:, None]) & (exp_weight(s) >= w_thr[:, None])
+            lo = float_key(tl.min(tl.where(w > 0.0, w, 1.0), axis=1))
+            hi = float_key(tl.max(w, axis=1))
+            w_thr = _topp_threshold(x, m, inv_t, x_thr, need, tl.where(invalid, hi, lo), hi)
+        s = _scaled(x, m, inv_t, n_cand.to(tl.float32) * 0.0)
+        w = exp_weight(s)
         if GREEDY:
             token = first.to(tl.int32)
         else:
+            kept = (x >= x_thr[:, None]) & (w >= w_thr[:, None])
             score = tl.where(kept, s - _gumbel(seed, cols[None, :], row_id[:, None], offset), NEG_INF)
             token = tl.argmax(score, axis=1).to(tl.int32)
-        w_tok = tl.sum(tl.where(cols[None, :] == token[:, None], exp_weight(s), 0.0), axis=1)
+        w_tok = tl.sum(tl.where(cols[None, :] == token[:, None], w, 0.0), axis=1)
     # -- 4. float64 sums over the kept set of the resident row
-    w = tl.where((x >= x_thr[:, None]) & (exp_weight(s) >= w_thr[:, None]), exp_weight(s), 0.0)
+    s = _scaled(x, m, inv_t, w_tok * 0.0)
+    w = exp_weight(s)
+    w = tl.where((x >= x_thr[:, None]) & (w >= w_thr[:, None]), w, 0.0)
     z = tl.sum(w.to(tl.float64), axis=1)
     ws = tl.zeros([BLOCK_R], dtype=tl.float64)
     if WITH_ENTROPY:
