@@ -27,6 +27,10 @@ namespace {
 
 using at::Tensor;
 
+// Upper clip of the code-form spindle keep probability: dbert_kernels.schedules.SPINDLE_CODE_CLIP
+// (a test checks that they agree).
+constexpr float kSpindleCodeClip = 0.999f;
+
 // The Philox key and offset from rng = [seed bit pattern, offset] (int64 [2], see
 // dbert_kernels.random.rng_tensor).
 struct Rng {
@@ -109,7 +113,7 @@ std::tuple<Tensor, Tensor> spindle_mask(const Tensor& ids, const Tensor& base, c
         const float w = info_p[row[l]];
         float keep = bs;
         if (form == 1) {
-          keep = std::min(std::max(bs + am * (w - mean), 0.0f), 0.999f);
+          keep = std::min(std::max(bs + am * (w - mean), 0.0f), kSpindleCodeClip);
         } else if (form == 2) {
           keep = std::min(std::max(bs - am * (1.0f - mean / w), 0.0f), 1.0f);
         }

@@ -1,9 +1,8 @@
 // Counter-based random numbers, bit-identical to dbert_kernels/random.py.
 //
 // Philox4x32-10 with key (seed lo32, seed hi32) and counter (column, row, stream, offset), and
-// the two float conversions of random.py. Scalar versions (used on rare paths) and a block
-// version over DBERT_LANES columns written as plain lane loops, which the compiler turns into
-// SIMD code (vpmuludq for the 32x32->64 products) in each target clone of the caller.
+// the two float conversions of random.py. Scalar versions; the vectorised block
+// versions live in row_kernels_impl.inc.
 #pragma once
 
 #include <cmath>
@@ -25,7 +24,7 @@ constexpr uint32_t kKeyA = 0x9E3779B9u;
 constexpr uint32_t kKeyB = 0xBB67AE85u;
 constexpr int kRounds = 10;
 
-// Stream ids (third counter word), as in random.py.
+// Stream ids (third counter word): the values of dbert_kernels/random.py's STREAM_* (a test checks).
 constexpr uint32_t kStreamMask = 0;
 constexpr uint32_t kStreamSample = 1;
 constexpr uint32_t kStreamUnmask = 2;
@@ -57,37 +56,6 @@ DBERT_INLINE Words philox(Key key, uint32_t c0, uint32_t c1, uint32_t c2, uint32
     k1 += kKeyB;
   }
   return {c0, c1, c2, c3};
-}
-
-// The first two words for DBERT_LANES counters that differ only in the column word.
-DBERT_INLINE void philox_block(Key key, const uint32_t* col, uint32_t row, uint32_t stream,
-                               uint32_t offset, uint32_t* w0, uint32_t* w1) {
-  uint32_t a[DBERT_LANES], b[DBERT_LANES], c[DBERT_LANES], d[DBERT_LANES];
-  for (int i = 0; i < DBERT_LANES; ++i) {
-    a[i] = col[i];
-    b[i] = row;
-    c[i] = stream;
-    d[i] = offset;
-  }
-  uint32_t k0 = key.k0, k1 = key.k1;
-  for (int r = 0; r < kRounds; ++r) {
-    for (int i = 0; i < DBERT_LANES; ++i) {
-      const uint64_t pb = static_cast<uint64_t>(kRoundB) * c[i];
-      const uint64_t pa = static_cast<uint64_t>(kRoundA) * a[i];
-      const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ b[i] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ d[i] ^ k1;
-      b[i] = static_cast<uint32_t>(pb);
-      d[i] = static_cast<uint32_t>(pa);
-      a[i] = n0;
-      c[i] = n2;
-    }
-    k0 += kKeyA;
-    k1 += kKeyB;
-  }
-  for (int i = 0; i < DBERT_LANES; ++i) {
-    w0[i] = a[i];
-    w1[i] = b[i];
-  }
 }
 
 // uniform_from_bits: ((w >> 9) + 0.5) * 2**-23, exact in float32.

@@ -17,6 +17,7 @@ import torch
 from ._native_build import load_native_library
 from .params import SamplingParams
 from .random import SeedLike, rng_tensor
+from .schedules import SPINDLE_FORM_CODES
 
 __all__ = ["spindle_mask", "sample", "topk_unmask", "load", "build_info"]
 
@@ -25,7 +26,6 @@ __all__ = ["spindle_mask", "sample", "topk_unmask", "load", "build_info"]
 #: Rows that are not revealed are not read, so they are not checked.
 CHECKS_LOGITS = True
 
-_FORMS = {"none": 0, "code": 1, "paper": 2}
 
 
 def spindle_mask(
@@ -41,7 +41,7 @@ def spindle_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward-process masking of ``ids`` ``[B, L]``; returns (noised ids, bool mask)."""
     rng = rng_tensor(seed, offset, ids.device)
-    return torch.ops.dbert_native.spindle_mask(ids, base, amp, info, protected, rng, _FORMS[form], mask_id)
+    return torch.ops.dbert_native.spindle_mask(ids, base, amp, info, protected, rng, SPINDLE_FORM_CODES[form], mask_id)
 
 
 def sample(

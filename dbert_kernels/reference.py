@@ -16,19 +16,34 @@ spindle_mask
 sample
     For each row r with ``ids is None`` or ``ids[r] == mask_id``, decide to unmask iff
     ``uniform(philox(seed; col=0, row=row_index[r], STREAM_UNMASK, offset).w0) < unmask_prob[r]``.
-    Rows that are unmasked already keep their token with confidence 1; masked rows not revealed
-    stay ``mask_id`` with confidence 0 (their logits are never read). A revealed row draws from
-    the filtered distribution:
+    Rows that are unmasked already keep their token with confidence 1, entropy 0, margin 1; masked
+    rows not revealed stay ``mask_id`` with confidence 0, entropy NaN, margin NaN (their logits
+    are never read). A revealed row (``params``: :class:`~dbert_kernels.params.SamplingParams`)
+    is computed as follows; every step is float32 with each operation rounded (no fused
+    multiply-add) unless it says float64:
 
-    1. ``x = logits.float()``; banned ids get ``-inf``; ``T_eff = temperature or 1``.
-    2. top-k: keep ``x >= (k-th largest allowed x)`` (ties at the boundary are all kept).
-    3. top-p: ``p = softmax(x / T_eff)`` over the kept set; keep token i iff the mass of kept
-       tokens with probability strictly greater than ``p_i`` is ``< top_p`` (so at least the most
-       likely token survives, and ties at the boundary are all kept).
-    4. token: ``argmax(x)`` over allowed ids when ``temperature == 0`` (ties to the lower id), else
-       Gumbel-max ``argmax(x / T + g)`` over the kept set with ``g = -log E`` and ``E`` the Exp(1)
-       variate of ``philox(seed; col=v, row=row_index[r], STREAM_SAMPLE, offset)``.
-    5. confidence: the token's probability under ``softmax(x / T_eff)`` restricted to the kept set.
+    0. ``x = logits.float()``. Banned ids are never read. The row cannot be sampled when an
+       allowed logit is NaN or +inf, or no allowed logit is finite: then token ``-1`` and NaN
+       confidence, entropy and margin (the public op raises instead when ``validate=True``).
+    1. ``m`` = the largest allowed logit, ``a`` = its first id (ties to the lower id).
+    2. top-k (``0 < top_k < V``): keep allowed ``x >= kth`` where ``kth`` is the k-th largest
+       allowed logit (ties at the boundary are all kept); otherwise keep every allowed id.
+    3. scaled logits ``s = (x - m) * inv_temperature`` (``<= 0``, ``0`` at ``a``: no overflow for
+       any finite logits and temperature) and weights ``w = exp_weight(s)`` (:func:`exp_weight`,
+       one polynomial shared bit for bit by every backend; ``w_a = 1``); ``w = 0`` outside the
+       kept set.
+    4. top-p (``top_p < 1``): keep id i iff ``A_i < P * Z`` in float64, where ``Z`` is the float64
+       sum of the kept weights, ``A_i`` the float64 sum of the kept weights strictly greater than
+       ``w_i`` and ``P`` = ``top_p`` rounded to float32. (Equal weights are kept or dropped
+       together; ``a`` is always kept. Sums in any order: the decision is exact up to float64
+       rounding, ~1e-16 relative.)
+    5. token: ``a`` when ``params.greedy``; else Gumbel-max ``argmax(s_i + g_i)`` over the kept
+       set (float32 add, ties to the lower id) with ``g = -log E`` and ``E`` the Exp(1) variate of
+       ``philox(seed; col=i, row=row_index[r], STREAM_SAMPLE, offset)``.
+    6. with ``Z`` the float64 sum of the final kept weights: confidence ``= w_token / Z``;
+       entropy ``= log Z - sum(w_i s_i) / Z`` over kept ``w_i > 0``; margin
+       ``= (w_a - w_2) / Z`` with ``w_2`` the largest kept weight at an id other than ``a`` (0 if
+       none); each computed in float64 and rounded to float32.
 topk_unmask
     Among positions with ``ids == mask_id``, reveal the ``min(k[b], #masked)`` with the highest
     score (ties to the lower position): ``score = confidence`` when ``gumbel_temperature == 0``,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._validation import IdsLike, check_seed, default_banned
+from ._validation import IdsLike, check_ids_in_range, check_seed, default_banned
 from .denoisers import as_denoiser
 from .ops import sample_absorbing, topk_unmask, unmask_decision
 from .schedules import Schedule
@@ -53,6 +53,8 @@ def build_template(
             fixed = fixed.expand(batch_size, -1)
         if fixed.shape != (batch_size, seq_len):
             raise ValueError(f"fixed must be [L] or [B, L] = [{batch_size}, {seq_len}], got {tuple(fixed.shape)}")
+        if fixed.numel() and int(fixed.min()) < -1:
+            raise ValueError(f"fixed holds {int(fixed.min())}: use -1 for free positions and token ids elsewhere")
         ids = torch.where(fixed >= 0, fixed, ids)
     if prefix is not None:
         prefix_t = torch.as_tensor(prefix, dtype=torch.int64, device=ids.device)
@@ -142,6 +144,7 @@ def generate(
     vocab = getattr(den, "vocab_size", 0) or None
     if vocab is not None:
         banned_ids = default_banned(banned_ids, vocab)
+        check_ids_in_range(ids, vocab, "the fixed / prefix ids")
 
     grid = [schedule.T * (steps - k) / steps for k in range(steps + 1)]
     bar = _progress(steps, progress)

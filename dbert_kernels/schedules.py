@@ -29,10 +29,14 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Schedule", "token_information", "spindle_keep_probability", "SPINDLE_CODE_CLIP"]
+__all__ = ["Schedule", "token_information", "spindle_keep_probability", "SPINDLE_CODE_CLIP", "SPINDLE_FORM_CODES"]
 
-#: Upper clip of the code-form per-token keep probability (the authors' value).
+#: Upper clip of the code-form per-token keep probability (the authors' value; csrc/ops.cpp's
+#: kSpindleCodeClip mirrors it).
 SPINDLE_CODE_CLIP = 0.999
+
+#: Integer codes of the spindle forms passed to the compiled kernels.
+SPINDLE_FORM_CODES = {"none": 0, "code": 1, "paper": 2}
 
 TensorLike = torch.Tensor | float | int
 
@@ -54,11 +58,12 @@ class Schedule:
     spindle_form: Literal["code", "paper"] = "code"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
+        if isinstance(self.T, bool) or not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
             raise ValueError(f"Schedule T must be a finite number > 0, got {self.T!r}")
         if self.base not in ("linear", "cosine"):
             raise ValueError(f"Schedule base must be 'linear' or 'cosine', got {self.base!r}")
-        if not (math.isfinite(self.spindle_lambda) and self.spindle_lambda >= 0):
+        lam = self.spindle_lambda
+        if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
             raise ValueError(f"spindle_lambda must be finite and >= 0, got {self.spindle_lambda!r}")
         if self.spindle_form not in ("code", "paper"):
             raise ValueError(f"spindle_form must be 'code' or 'paper', got {self.spindle_form!r}")
