@@ -241,12 +241,12 @@ def _sample_resident_kernel(
             cut_x = tl.where(take, v, cut_x)
             found = found | take
     elif USE_TOPP:
-        w = exp_weight((x - m[:, None]) * inv_t).to(tl.float64)
-        need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(w, axis=1) * TOPP_SLACK
+        w64 = exp_weight((x - m[:, None]) * inv_t).to(tl.float64)
+        need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(w64, axis=1) * TOPP_SLACK
         v = tl.full([BLOCK_R], 1.0, tl.float32)
         for _j in tl.static_range(1, RADIX):
             v = v * 0.5
-            take = ~found & (tl.sum(tl.where(w > v[:, None], w, 0.0), axis=1) >= need)
+            take = ~found & (tl.sum(tl.where(w64 > v[:, None], w64, 0.0), axis=1) >= need)
             cut_w = tl.where(take, v, cut_w)
             found = found | take
     elif not GREEDY:
