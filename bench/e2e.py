@@ -25,26 +25,12 @@ import torch
 import dbert_kernels as dk
 
 from .configs import E2EConfig
-from .timing import Stopwatch, summarize, synchronize
+from .timing import TimedDenoiser, summarize, synchronize
 
 __all__ = ["TimedDenoiser", "build_bert", "build_gpt2", "diffusion_runs", "gpt_runs"]
 
 CLS_ID, SEP_ID, MASK_ID = 101, 102, 103
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class TimedDenoiser(dk.Denoiser):
-    """Wraps a denoiser and accumulates the time of its logits calls in a :class:`Stopwatch`."""
-
-    def __init__(self, inner: dk.Denoiser, device: torch.device) -> None:
-        self.inner = inner
-        self.vocab_size = inner.vocab_size
-        self.watch = Stopwatch(device)
-        self.rows_asked = 0
-
-    def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        with self.watch:
-            return self.inner.logits(ids, t, rows)
 
 
 def _param_count(model: torch.nn.Module) -> int:

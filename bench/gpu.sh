@@ -1,12 +1,66 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one command: kernels (every CUDA backend against the reference path) and
-# end to end (bert-base DiffusionBERT against GPT-2 124M, KV cache and static cache + torch.compile).
-# Sized to finish in under 8 minutes on an H100: --budget-s stops starting new measurements after
-# 6 minutes (whatever is cut is listed as skipped in the results). Results go to bench/results/.
+# The one GPU command: CUDA correctness tests, then kernel timings, then end to end vs GPT-2.
+# Sized for at most 8 minutes on an H100: each part has a time budget (enforced with `timeout`),
+# and a part whose budget no longer fits in what is left of the total is skipped and listed.
+# Results (named after the card) go to bench/results/. Needs only what the GPU machines have
+# (torch, triton, transformers, pytest, safetensors); at most `pip install --no-deps -e .`.
 #
-#   bash bench/gpu.sh [extra python -m bench arguments, e.g. --note "..."]
-set -euo pipefail
+#   bash bench/gpu.sh             # run
+#   bash bench/gpu.sh --dry-run   # print the plan and the budgets, run nothing (no GPU needed)
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
-"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh needs a CUDA GPU')"
-exec "$PYTHON" -m bench --device cuda --only kernels,e2e --budget-s "${BENCH_BUDGET_S:-360}" "$@"
+PY=${PYTHON:-python}
+OUT=bench/results
+TOTAL_S=${GPU_TOTAL_S:-480}
+# part name | budget in seconds | command
+PARTS=(
+  "install|60|$PY -c 'import dbert_kernels, dbert_model' 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e ."
+  "cuda-tests|170|$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_triton_stats.py tests/test_backends_equivalence.py"
+  "kernel-timings|90|$PY -m bench.kernels --out $OUT"
+  "end-to-end|150|$PY -m bench --device cuda --only e2e --no-progress --budget-s 120 --out $OUT"
+)
+
+plan() {
+  echo "bench/gpu.sh plan (total budget ${TOTAL_S} s):"
+  local sum=0
+  for part in "${PARTS[@]}"; do
+    IFS='|' read -r name budget cmd <<<"$part"
+    sum=$((sum + budget))
+    printf '  %-15s %4d s  %s\n' "$name" "$budget" "$cmd"
+  done
+  echo "  sum of part budgets: ${sum} s"
+}
+
+if [ "${1:-}" = "--dry-run" ]; then
+  plan
+  exit 0
+fi
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "bench/gpu.sh: no CUDA GPU visible to $PY (bash bench/gpu.sh --dry-run prints the plan)" >&2
+  exit 2
+fi
+unset TRITON_INTERPRET
+mkdir -p "$OUT"
+CARD=$($PY -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '_', torch.cuda.get_device_name()).strip('_'))")
+LOG="$OUT/gpu_${CARD}.txt"
+plan | tee "$LOG"
+skipped=()
+failed=()
+for part in "${PARTS[@]}"; do
+  IFS='|' read -r name budget cmd <<<"$part"
+  left=$((TOTAL_S - SECONDS))
+  if [ "$budget" -gt "$left" ]; then
+    skipped+=("$name (needs ${budget} s, ${left} s left)")
+    continue
+  fi
+  echo "== $name (budget ${budget} s, ${left} s left) on $CARD" | tee -a "$LOG"
+  timeout "$budget" bash -c "$cmd" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+done
+{
+  echo "== summary on $CARD after ${SECONDS} s"
+  echo "skipped: ${skipped[*]:-none}"
+  echo "failed: ${failed[*]:-none}"
+} | tee -a "$LOG"
+[ "${#failed[@]}" -eq 0 ]

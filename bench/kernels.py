@@ -161,3 +161,101 @@ def run_kernel_case(
 def measure_copy(device: torch.device, cfg: KernelConfig) -> float:
     """The device-to-device copy bandwidth (bytes/s) of this run: the speed of light."""
     return copy_bandwidth(device, cfg.copy_bytes, warmup=max(cfg.warmup, 2), repeats=max(cfg.repeats, 5))
+
+
+# --- Triton kernel table (the GPU script's kernel timings): old and new sampling kernels, the
+# reference path, torch.multinomial and a device-to-device copy of the same bytes, side by side.
+
+TRITON_VARIANTS = (("T=1", 1.0, 0, 1.0), ("greedy", 0.0, 0, 1.0), ("top-k 30", 1.0, 30, 1.0),
+                   ("top-p 0.9", 1.0, 0, 0.9), ("top-k 30 + top-p 0.9", 0.8, 30, 0.9))
+
+
+def triton_sampling_table(rows: int, vocab: int, dtype: torch.dtype, device: torch.device,
+                          warmup: int = 3, repeats: int = 15) -> list[dict[str, Any]]:
+    """Milliseconds per call of each sampler on ``[rows, vocab]`` logits of ``dtype``.
+
+    Columns: ``copy`` (read + write of the logits' bytes, the speed of light of one read is half
+    of it), ``multinomial`` (``softmax`` + ``torch.multinomial``, no filter), ``reference``,
+    ``triton`` (the kernel the launcher picks: resident when the row fits) and
+    ``triton_streamed`` (the chunked kernel).
+    """
+    from dbert_kernels import reference as ref
+    from dbert_kernels.params import SamplingParams
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend.sampling import launch_sample
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    nbytes = rows * vocab * torch.empty((), dtype=dtype).element_size()
+    inputs = [(torch.randn(rows, vocab, device=device, generator=gen) * _LOGIT_SCALE).to(dtype)
+              for _ in range(rotation_count(nbytes, device))]
+    banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+    banned[[0, 101, 102, MASK_ID]] = True
+    prob = torch.ones(rows, device=device)
+    row_index = torch.arange(rows, device=device)
+    copy_s = nbytes * 2 / copy_bandwidth(device, nbytes, warmup=warmup, repeats=repeats)
+    multinomial = time_calls(lambda x, i: torch.multinomial(torch.softmax(x.float(), -1), 1), inputs, device,
+                             warmup=warmup, repeats=repeats).median_s
+    out = []
+    for name, temperature, top_k, top_p in TRITON_VARIANTS:
+        params = SamplingParams.create(temperature=temperature, top_k=top_k or None,
+                                       top_p=None if top_p >= 1 else top_p, banned=banned)
+
+        def triton_call(x: torch.Tensor, i: int, resident: bool | None, p: SamplingParams = params) -> Any:
+            return launch_sample(x, None, prob, p.banned, row_index, rng_tensor(7, i, device), -1,
+                                 p.inv_temperature, p.greedy, p.top_k, p.top_p, False, False, resident=resident)
+
+        row = {"case": f"sample {rows}x{vocab} {str(dtype)[6:]} {name}", "bytes": nbytes, "copy_ms": copy_s * 1e3,
+               "multinomial_ms": multinomial * 1e3}
+        for label, fn in (
+            ("reference", lambda x, i, p=params: ref.sample(x, None, prob, row_index, -1, p, 7, i)),
+            ("triton", lambda x, i: triton_call(x, i, None)),
+            ("triton_streamed", lambda x, i: triton_call(x, i, False)),
+        ):
+            row[f"{label}_ms"] = time_calls(fn, inputs, device, warmup=warmup, repeats=repeats).median_s * 1e3
+        row["triton_read_bandwidth_vs_copy"] = copy_s / 2 / (row["triton_ms"] / 1e3)
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.kernels --out DIR``: the Triton kernel table on the CUDA device."""
+    import argparse
+    import json
+    import platform
+    import re
+    import time
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--vocabs", default="30522,50257")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("python -m bench.kernels times the Triton kernels on a CUDA GPU; none is visible")
+    device = torch.device("cuda")
+    card = torch.cuda.get_device_name()
+    rows = []
+    for vocab in (int(v) for v in args.vocabs.split(",")):
+        for dtype in (torch.bfloat16, torch.float32):
+            for r in triton_sampling_table(args.rows, vocab, dtype, device):
+                rows.append(r)
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+    import triton
+
+    meta = {"device": card, "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": "python -m bench.kernels " + " ".join(argv or []), "statistic": "median of CUDA-event times"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"triton_kernels_{re.sub(r'[^A-Za-z0-9]+', '_', card).strip('_')}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    cols = ["copy_ms", "multinomial_ms", "reference_ms", "triton_ms", "triton_streamed_ms", "triton_read_bandwidth_vs_copy"]
+    lines = [f"# Triton sampling kernels on {card}", "", f"{meta}", "", "| case | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {r['case']} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

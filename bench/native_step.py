@@ -38,19 +38,15 @@ import torch
 import dbert_kernels as dk
 from dbert_kernels import native
 
+from .timing import TimedDenoiser, time_calls
+
 MASK_ID = 103
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    stats = time_calls(lambda _inp, _i: fn(), [None], torch.device("cpu"), warmup=warmup, repeats=repeats)
+    return stats.median_s, [stats.p10_s, stats.median_s, stats.p90_s]
 
 
 def build_models(layers: int, hidden: int, vocab: int, gpt_vocab: int) -> tuple[Any, Any]:
@@ -68,21 +64,6 @@ def build_models(layers: int, hidden: int, vocab: int, gpt_vocab: int) -> tuple[
         bos_token_id=gpt_vocab - 1, eos_token_id=gpt_vocab - 1,
     )).eval()
     return bert, gpt
-
-
-class TimedDenoiser(dk.Denoiser):
-    """Wraps a denoiser and adds up the time spent in it (the model's share of a generation)."""
-
-    def __init__(self, inner: dk.Denoiser) -> None:
-        self.inner = inner
-        self.vocab_size = inner.vocab_size
-        self.seconds = 0.0
-
-    def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        out = self.inner.logits(ids, t, rows)
-        self.seconds += time.perf_counter() - t0
-        return out
 
 
 @torch.no_grad()
@@ -131,7 +112,7 @@ def end_to_end(bert: Any, gpt: Any, batch: int, length: int, steps_list: list[in
     gen_cfg = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=length,
                                min_new_tokens=length, pad_token_id=eos, eos_token_id=eos, bos_token_id=eos)
     prompt = torch.full((batch, 1), eos, dtype=torch.long)
-    timed = TimedDenoiser(dk.HFMaskedLMDenoiser(bert))
+    timed = TimedDenoiser(dk.HFMaskedLMDenoiser(bert), torch.device("cpu"))
 
     def run_gpt() -> float:
         t0 = time.perf_counter()
@@ -141,14 +122,14 @@ def end_to_end(bert: Any, gpt: Any, batch: int, length: int, steps_list: list[in
         return time.perf_counter() - t0
 
     def run_dbert(steps: int, name: str, seed: int) -> tuple[float, float]:
-        timed.seconds = 0.0
+        timed.watch.reset()
         t0 = time.perf_counter()
         out = dk.generate(timed, mask_id=MASK_ID, batch_size=batch, seq_len=length, steps=steps,
                           seed=seed, progress=False, backend=name)
         elapsed = time.perf_counter() - t0
         if bool((out == MASK_ID).any()):
             raise RuntimeError("generation left [MASK] tokens: benchmark invalid")
-        return elapsed, timed.seconds
+        return elapsed, timed.watch.total_s()
 
     run_gpt()  # warm-up
     for name in backends:

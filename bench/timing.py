@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 
+import dbert_kernels as dk
+
 __all__ = [
+    "TimedDenoiser",
     "TimingStats",
     "Stopwatch",
     "copy_bandwidth",
@@ -160,3 +163,17 @@ def copy_bandwidth(device: torch.device, nbytes: int, *, warmup: int = 2, repeat
     dest = torch.empty(n, device=device)
     stats = time_calls(lambda src, _i: dest.copy_(src), sources, device, warmup=warmup, repeats=repeats)
     return 2 * n * 4 / stats.median_s
+
+
+class TimedDenoiser(dk.Denoiser):
+    """Wraps a denoiser and accumulates the time of its logits calls in a :class:`Stopwatch`."""
+
+    def __init__(self, inner: dk.Denoiser, device: torch.device) -> None:
+        self.inner = inner
+        self.vocab_size = inner.vocab_size
+        self.watch = Stopwatch(device)
+        self.rows_asked = 0
+
+    def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        with self.watch:
+            return self.inner.logits(ids, t, rows)

@@ -73,8 +73,8 @@ def _step(logits, ids, unmask_prob, banned, rng, candidates_k):
     batch, length = ids.shape
     flat = ids.reshape(-1)
     row_index = torch.arange(flat.numel(), device=ids.device)
-    tokens, conf, ent = ops.triton_sample(logits, flat, unmask_prob, banned, row_index, rng, 103,
-                                          1.0 / 0.8, False, 20, 0.95, True)
+    tokens, conf, ent, _ = ops.triton_sample(logits, flat, unmask_prob, banned, row_index, rng, 103,
+                                          1.0 / 0.8, False, 20, 0.95, True, False)
     conf = torch.where(flat == 103, conf, torch.zeros_like(conf))
     tokens = torch.where(flat == 103, tokens, flat)
     new_ids = ops.triton_topk_unmask(ids, tokens.view(batch, length), conf.view(batch, length),
@@ -113,8 +113,8 @@ def test_custom_ops_compile_with_tensor_seeds(device):
     pub, _ = dk.sample_absorbing(logits, ids.reshape(-1), mask_id=103, temperature=0.8, top_k=20, top_p=0.95,
                                  seed=1234, offset=1, backend="reference")
     flat = ids.reshape(-1)
-    tok, _, _ = torch.ops.dbert_kernels.triton_sample(logits, flat, prob, banned, torch.arange(flat.numel(), device=dev),
-                                                      rng, 103, 1.0 / 0.8, False, 20, 0.95, False)
+    tok, _, _, _ = torch.ops.dbert_kernels.triton_sample(logits, flat, prob, banned, torch.arange(flat.numel(), device=dev),
+                                                      rng, 103, 1.0 / 0.8, False, 20, 0.95, False, False)
     assert torch.equal(tok, pub)
 
 
@@ -144,4 +144,35 @@ def test_kernels_compile_for_a_gpu_target_without_a_gpu():
     out = subprocess.run([sys.executable, "-m", "dbert_kernels.triton_backend.compile_check", "--quick"],
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count(": ok in") == 8
+    assert out.stdout.count(": ok in") == 9
+    resident = next(line for line in out.stdout.splitlines() if line.startswith("sample_resident"))
+    streamed = next(line for line in out.stdout.splitlines() if line.startswith("sample_streamed"))
+    # the resident kernel reads the logits once; the streamed one once per pass (in loops)
+    assert "logits loads 1 (in loops 0)" in resident, resident
+    assert "in loops 0)" not in streamed, streamed
+
+
+def test_gpu_script_dry_run_prints_the_plan_within_budget():
+    """``bash bench/gpu.sh --dry-run`` needs no GPU: it lists each part with its budget, in order,
+    and the budgets add up to at most the 8 minutes the script is sized for."""
+    import re
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu.sh"
+    out = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    parts = re.findall(r"^\s+(\S+)\s+(\d+) s\s+(.+)$", out.stdout, flags=re.M)
+    assert [p[0] for p in parts] == ["install", "cuda-tests", "kernel-timings", "end-to-end"]
+    assert "-m cuda" in parts[1][2] and "bench.kernels" in parts[2][2] and "--only e2e" in parts[3][2]
+    total = int(re.search(r"total budget (\d+) s", out.stdout).group(1))
+    assert sum(int(p[1]) for p in parts) <= total <= 480
+
+
+def test_gpu_script_without_a_gpu_says_so():
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu.sh"
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no CUDA GPU" in out.stderr

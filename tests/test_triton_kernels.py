@@ -56,7 +56,8 @@ def _words_kernel(hi_ptr, lo_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 def kernel_noise(seed, cols, rows, stream, offset):
     """Run the noise helpers of the kernels; returns (4 words, uniform, exponential)."""
-    from dbert_kernels.triton_backend.launch import LAUNCH_OPTIONS, rng_tensor
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend.launch import LAUNCH_OPTIONS
 
     n = cols.numel()
     out = torch.zeros(4, n, dtype=torch.int64, device=cols.device)
@@ -352,3 +353,50 @@ def test_sample_strided_and_int32_inputs(device):
     want = dk.sample_absorbing(logits.contiguous(), ids.long(), backend="reference", **kw)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=2e-5, atol=1e-6)
+
+
+# temperature, top_k, top_p: cases that take each path of the resident kernel (few candidates:
+# compacted; many: bisection on the resident row) and of the streamed kernel
+KERNEL_PATHS = [
+    (0.7, 5, None),  # top-k: compacted
+    (1.0, 297, None),  # top-k keeping nearly all: too many candidates, bisection
+    (1.3, None, 0.9),  # top-p: compacted or bisection, by row
+    (0.5, 40, 0.6),  # both
+    (1.0, None, None),  # no filter at T = 1: the Gumbel bound keeps many, bisection path's draw
+    (0.05, None, None),  # no filter at low T: the Gumbel bound keeps few, compacted
+    (0.0, 7, 0.5),  # greedy with filters
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_resident_and_streamed_kernels_equal_the_reference_bit_for_bit(device, dtype):
+    """Tokens, confidence, entropy and margin of both sampling kernels equal the reference's."""
+    from dbert_kernels.params import SamplingParams
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend.sampling import launch_sample
+
+    dev = require_triton(device)
+    vocab, rows = (300, 37) if device == "cpu" else (30522, 2048)
+    logits = _logits(rows, vocab, dtype, 21, dev)
+    banned = torch.zeros(vocab, dtype=torch.bool, device=dev)
+    banned[[0, vocab // 2]] = True
+    prob = torch.ones(rows, device=dev)
+    row_index = torch.arange(rows, device=dev)
+    for temperature, top_k, top_p in KERNEL_PATHS:
+        if top_k is not None and top_k >= vocab:
+            continue
+        params = SamplingParams.create(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned,
+                                       with_entropy=True, with_margin=True)
+        want = ref.sample(logits, None, prob, row_index, -1, params, 5, 3)
+        for resident in (True, False):
+            got = launch_sample(logits, None, prob, banned, row_index, rng_tensor(5, 3, dev), -1,
+                                params.inv_temperature, params.greedy, params.top_k, params.top_p, True, True,
+                                resident=resident)
+            case = (temperature, top_k, top_p, resident)
+            if device == "cpu":
+                assert torch.equal(got[0], want[0]), case
+                for g, w in zip(got[1:], want[1:], strict=True):
+                    assert torch.equal(g, w), case
+            else:  # GPU log/exp may move a Gumbel near-tie by one ulp
+                assert int((got[0] != want[0]).sum()) <= 2, case

@@ -1,10 +1,14 @@
-"""Compile every kernel variant for a GPU target without a GPU (Triton's bundled toolchain).
+"""Compile kernel variants for a GPU target without a GPU (Triton's bundled toolchain) and report
+their resources.
 
-    TRITON_INTERPRET=0 python -m dbert_kernels.triton_backend.compile_check [--arch 90]
+    TRITON_INTERPRET=0 python -m dbert_kernels.triton_backend.compile_check [--arch 90] [--quick | --production] [--strict]
 
-Catches what the interpreter accepts but the compiler rejects (non-constexpr globals, loop-carried
-type changes...) and reports register spills (``.local`` memory in the PTX), on a machine with no
-GPU. Exits non-zero on the first kernel that does not compile.
+Catches what the interpreter accepts but the compiler rejects, on a machine with no GPU, and
+reports per variant: registers per thread, spilled bytes (the per-thread stack of the cubin, read
+with the bundled ``cuobjdump``), shared memory, and the number of global loads of the logits in the
+generated Triton IR (``tt.load`` ops whose pointer derives from ``logits_ptr``; ``in loops`` counts
+those inside a loop, i.e. executed once per pass). ``--strict`` fails when a production sampling
+variant spills. Exits non-zero on the first kernel that does not compile.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import argparse
 import itertools
 import os
 import re
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     raise SystemExit("run compile_check with TRITON_INTERPRET unset: the interpreter compiles nothing")
@@ -24,12 +31,14 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from . import masking, sampling, unmask  # noqa: E402
 
-_SAMPLE_SIG = {
+_SAMPLE_COMMON = {
     "logits_ptr": "*bf16", "stride_row": "i32", "ids_ptr": "*i64", "prob_ptr": "*fp32", "banned_ptr": "*i8",
     "row_index_ptr": "*i64", "rng_ptr": "*i64", "out_tok_ptr": "*i64", "out_conf_ptr": "*fp32",
-    "out_ent_ptr": "*fp32", "n_rows": "i32", "vocab": "i32", "mask_id": "i32", "inv_t": "fp32", "top_k": "i32",
-    "top_p": "fp32",
+    "out_ent_ptr": "*fp32", "out_margin_ptr": "*fp32",
 }
+_SCALARS = {"n_rows": "i32", "vocab": "i32", "mask_id": "i32", "inv_t": "fp32", "top_k": "i32", "top_p": "fp32"}
+_STREAMED_SIG = dict(_SAMPLE_COMMON, **_SCALARS)
+_RESIDENT_SIG = dict(_SAMPLE_COMMON, slot_x_ptr="*fp32", slot_col_ptr="*i32", **_SCALARS)
 _MASK_SIG = {
     "ids_ptr": "*i64", "base_ptr": "*fp32", "amp_ptr": "*fp32", "info_ptr": "*fp32", "protected_ptr": "*i8",
     "rng_ptr": "*i64", "out_ids_ptr": "*i64", "out_mask_ptr": "*i8", "length": "i32", "mask_id": "i32",
@@ -39,47 +48,116 @@ _UNMASK_SIG = {
     "out_ptr": "*i64", "length": "i32", "mask_id": "i32", "gumbel_temperature": "fp32",
 }
 
+#: (greedy, top-k, top-p) of the production sampling variants: plain, top-k 30, top-p, both.
+PRODUCTION = [(False, False, False), (False, True, False), (False, False, True), (False, True, True)]
 
-_QUICK = {(False, True, True, True), (True, False, False, False), (False, False, False, False)}
 
-
-def _variants(quick: bool):
-    for greedy, topk, topp, ent in itertools.product((False, True), repeat=4):
-        if quick and (greedy, topk, topp, ent) not in _QUICK:
-            continue
-        yield "sample", sampling._sample_kernel, _SAMPLE_SIG, dict(
-            HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp, FILTERED=topk or topp,
-            WITH_ENTROPY=ent, BLOCK_R=1, BLOCK_V=2048), 8
+def _variants(quick: bool, production: bool = False):
+    """(name, kernel, signature, constexprs, warps, production?) of each variant to compile."""
+    flavours = [(False, True, True), (False, False, True)] if quick else list(itertools.product((False, True), repeat=3))
+    blocks = [("bf16", 1024)] if quick else [("bf16", 32768), ("fp32", 32768), ("bf16", 65536)]
+    if production:
+        flavours, blocks = PRODUCTION, [("bf16", 32768)]
+    for (greedy, topk, topp), (dtype, block) in itertools.product(flavours, blocks):
+        sig = dict(_RESIDENT_SIG, logits_ptr=f"*{dtype}")
+        consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp, WITH_ENTROPY=False,
+                      WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=block, SLOTS=sampling.COMPACT_SLOTS)
+        yield ("sample_resident", sampling._sample_resident_kernel, sig, consts, sampling.resident_warps(block),
+               (greedy, topk, topp) in PRODUCTION and block == 32768)
+    for greedy, topk, topp in flavours:
+        consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp,
+                      WITH_ENTROPY=False, WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=2048)
+        yield "sample_streamed", sampling._sample_kernel, _STREAMED_SIG, consts, 8, False
     for form in masking.FORMS.values():
-        yield "spindle_mask", masking._spindle_mask_kernel, _MASK_SIG, dict(FORM=form, BLOCK_L=512), 4
+        yield "spindle_mask", masking._spindle_mask_kernel, _MASK_SIG, dict(FORM=form, BLOCK_L=512), 4, False
     for gumbel in (False, True):
-        yield "topk_unmask", unmask._topk_unmask_kernel, _UNMASK_SIG, dict(USE_GUMBEL=gumbel, BLOCK_L=512), 4
+        yield "topk_unmask", unmask._topk_unmask_kernel, _UNMASK_SIG, dict(USE_GUMBEL=gumbel, BLOCK_L=512), 4, False
 
 
-def compile_all(arch: int = 90, quick: bool = False) -> list[str]:
-    """Compile every variant (``quick``: three of the sixteen sampler variants) for ``sm_<arch>``.
+def _resources(cubin: bytes) -> dict[str, int]:
+    """REG / STACK / SHARED / LOCAL of the cubin's kernel (bundled cuobjdump); empty if unavailable."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                  check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return {}
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text.split("Function", 1)[-1])}
 
-    Returns one report line per variant; raises ``triton.CompilationError`` on failure.
+
+def logits_loads(ttir: str) -> tuple[int, int]:
+    """(global loads whose pointer derives from ``%logits_ptr``, how many of them sit in a loop)."""
+    derived = {"%logits_ptr"}
+    loads = in_loop = 0
+    blocks: list[bool] = []  # open regions: is each one a loop body?
+    for line in ttir.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("}"):
+            if blocks:
+                blocks.pop()
+            if stripped.endswith("{"):  # "} do {" of scf.while, "} else {" of scf.if
+                blocks.append(" do " in stripped or (len(blocks) > 0 and blocks[-1]))
+            continue
+        if stripped.endswith("{"):
+            blocks.append(bool(re.search(r"\bscf\.(for|while)\b", stripped)) or any(blocks))
+        m = re.match(r"(%[\w.#]+)(?::\d+)? = (\S+) (.*)", stripped)
+        if not m:
+            continue
+        result, op, rest = m.groups()
+        operands = set(re.findall(r"%[\w.#]+", rest))
+        if op in ("tt.splat", "tt.addptr", "tt.broadcast", "tt.expand_dims", "tt.reshape") and operands & derived:
+            derived.add(result)
+        if op == "tt.load" and operands & derived:
+            loads += 1
+            in_loop += any(blocks)
+    return loads, in_loop
+
+
+def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, production: bool = False) -> list[str]:
+    """Compile each variant for ``sm_<arch>``; one report line per variant.
+
+    Raises ``triton.CompilationError`` on failure and ``RuntimeError`` (``strict``) when a
+    production sampling variant spills.
     """
     target = GPUTarget("cuda", arch, 32)
     lines = []
-    for name, fn, sig, consts, warps in _variants(quick):
+    for name, fn, sig, consts, warps, is_production in _variants(quick, production):
         signature = dict(sig, **{k: "constexpr" for k in consts})
         keys = list(signature)
         start = time.perf_counter()
         src = ASTSource(fn=fn, signature=signature, constexprs={(keys.index(k),): v for k, v in consts.items()})
         kernel = triton.compile(src, target=target, options={"enable_fp_fusion": False, "num_warps": warps})
-        spills = len(re.findall(r"\.local\s", kernel.asm["ptx"]))
-        lines.append(f"{name} {consts}: ok in {time.perf_counter() - start:.1f} s, local-memory decls {spills}")
+        res = _resources(kernel.asm["cubin"])
+        flags = {k: v for k, v in consts.items() if k in ("GREEDY", "USE_TOPK", "USE_TOPP", "FORM", "USE_GUMBEL")}
+        loads = ""
+        if name.startswith("sample"):
+            n, looped = logits_loads(kernel.asm["ttir"])
+            loads = f" logits loads {n} (in loops {looped})"
+        spill = res.get("STACK", 0) + res.get("LOCAL", 0)
+        lines.append(
+            f"{name} {sig.get('logits_ptr', '')[1:]} block={consts.get('BLOCK_V', consts.get('BLOCK_L'))} warps={warps} "
+            f"{flags}: ok in {time.perf_counter() - start:.1f} s, registers {res.get('REG', '?')}, "
+            f"spilled bytes {spill}, shared {kernel.metadata.shared}{loads}{' [production]' if is_production else ''}"
+        )
+        if strict and is_production and spill:
+            raise RuntimeError("a production variant spills: " + lines[-1])
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
-    parser.add_argument("--quick", action="store_true", help="only 3 of the 16 sampler variants")
+    parser.add_argument("--quick", action="store_true", help="two sampling flavours at a small block")
+    parser.add_argument("--strict", action="store_true", help="fail when a production sampling variant spills")
+    parser.add_argument("--production", action="store_true",
+                        help="only the production sampling flavours (bf16, V = 30522) and the other kernels")
     args = parser.parse_args()
-    for line in compile_all(args.arch, args.quick):
+    print(f"# compile_check --arch {args.arch}{' --quick' if args.quick else ''}"
+          f"{' --production' if args.production else ''}: triton {triton.__version__}", flush=True)
+    for line in compile_all(args.arch, args.quick, args.strict, args.production):
         print(line, flush=True)
 
 

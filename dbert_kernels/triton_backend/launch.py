@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
 
 #: True when kernels run under the Triton interpreter (``TRITON_INTERPRET=1``) on the CPU.
@@ -14,19 +13,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 #: exactly like the reference's separate PyTorch ops (bit-identical masks, noise and scores).
 LAUNCH_OPTIONS: dict[str, object] = {"enable_fp_fusion": False}
 
-_U64 = 1 << 64
-
 
 def block_size(n: int, cap: int) -> int:
     """The power of two covering ``n`` elements, at most ``cap`` (at least 16)."""
     return max(16, min(triton.next_power_of_2(max(n, 1)), cap))
 
-
-def rng_tensor(seed: int, offset: int, device: torch.device) -> torch.Tensor:
-    """The ``[2]`` int64 tensor (seed bit pattern, offset) that the kernels read their key from.
-
-    Seeds in ``[2**63, 2**64)`` are stored as their two's-complement int64 bit pattern; the
-    kernels reinterpret it as the unsigned 64-bit Philox key.
-    """
-    bits = seed - _U64 if seed >= 1 << 63 else seed
-    return torch.tensor([bits, offset], dtype=torch.int64, device=device)

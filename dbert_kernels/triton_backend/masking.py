@@ -1,18 +1,26 @@
-"""Spindle masking (the forward process) as one Triton kernel: one program per row of ids."""
+"""Spindle masking (the forward process): kernel, launcher and the ``triton_spindle_mask`` op.
 
-from __future__ import annotations
+One program per row of ids. The custom op ``torch.ops.dbert_kernels.triton_spindle_mask`` (with
+a fake implementation for shape propagation) takes the Philox key and offset as a tensor, so that
+``torch.compile`` and CUDA graphs capture it without a host synchronisation.
+"""
+
+# No ``from __future__ import annotations``: torch.library reads the annotations at runtime.
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import random as rnd
+from ..schedules import SPINDLE_CODE_CLIP
 from .launch import LAUNCH_OPTIONS, block_size
 from .noise import philox_block, uniform_from_bits
 
 #: Integer codes of the ``form`` argument (``"none"``, ``"code"``, ``"paper"``).
 FORMS = {"none": 0, "code": 1, "paper": 2}
 
-STREAM_MASK = tl.constexpr(0)
+STREAM_MASK = tl.constexpr(rnd.STREAM_MASK)
+CODE_CLIP = tl.constexpr(SPINDLE_CODE_CLIP)
 
 
 @triton.jit
@@ -51,7 +59,7 @@ def _spindle_mask_kernel(
         else:
             w = tl.load(info_ptr + tok, mask=inb, other=1.0)
             if FORM == 1:
-                keep = tl.minimum(tl.maximum(base + amp * (w - mean), 0.0), 0.999)
+                keep = tl.minimum(tl.maximum(base + amp * (w - mean), 0.0), CODE_CLIP)
             else:
                 safe_w = tl.where(valid, w, 1.0)
                 keep = tl.minimum(tl.maximum(base - amp * (1.0 - mean / safe_w), 0.0), 1.0)
@@ -91,3 +99,23 @@ def launch_spindle_mask(
         FORM=form, BLOCK_L=block_size(length, 1024), **LAUNCH_OPTIONS,
     )
     return noised, masked
+
+
+@torch.library.custom_op("dbert_kernels::triton_spindle_mask", mutates_args=())
+def triton_spindle_mask(
+    ids: torch.Tensor,
+    base: torch.Tensor,
+    amp: torch.Tensor,
+    info: torch.Tensor,
+    protected: torch.Tensor,
+    rng: torch.Tensor,
+    form: int,
+    mask_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masking: ``(noised ids [B, L], masked [B, L] bool)``; ``form`` a :data:`FORMS` code."""
+    return launch_spindle_mask(ids, base, amp, info, protected, rng, form, mask_id)
+
+
+@triton_spindle_mask.register_fake
+def _(ids, base, amp, info, protected, rng, form, mask_id):
+    return torch.empty_like(ids), torch.empty(ids.shape, dtype=torch.bool, device=ids.device)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Constants of dbert_kernels.random (kept literally identical).
-TWO_M23 = tl.constexpr(1.1920928955078125e-07)  # 2**-23
-TWO_M46 = tl.constexpr(1.4210854715202004e-14)  # 2**-46
-EXP_SERIES_CUTOFF = tl.constexpr(0.015625)  # 2**-6
-ONE_MINUS_ULP = tl.constexpr(0.999999940395355225)  # 1 - 2**-24
+from .. import random as rnd
+
+TWO_M23 = tl.constexpr(2.0**-23)
+TWO_M46 = tl.constexpr(2.0**-46)
+EXP_SERIES_CUTOFF = tl.constexpr(rnd.EXP_SERIES_CUTOFF)
+ONE_MINUS_ULP = tl.constexpr(rnd.ONE_MINUS_ULP)
 INT32_MIN = tl.constexpr(-2147483648)
 INT32_MAX = tl.constexpr(2147483647)
+#: Bound on the threshold searches' iterations: a safety net above the 32 that valid rows need.
+MAX_SEARCH_STEPS = tl.constexpr(40)
 
 
 @triton.jit
@@ -62,3 +65,24 @@ def float_key(x):
     """
     bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def exp_weight(s):
+    """The softmax weight ``exp(s)`` of float32 ``s <= 0`` (``-inf`` allowed), bit for bit the
+    float32 sequence of ``dbert_kernels.reference.exp_weight`` (Cephes' ``expf``; no fused
+    multiply-add); ``s < -87`` gives 0."""
+    under = s < -87.0
+    t = tl.where(under, -87.0, s)
+    n = (t * 1.44269504088896341 + 12582912.0) - 12582912.0
+    r = t - n * 0.693359375
+    r = r - n * -2.12194440e-4
+    r2 = r * r
+    y = r * 1.9875691500e-4 + 1.3981999507e-3
+    y = y * r + 8.3334519073e-3
+    y = y * r + 4.1665795894e-2
+    y = y * r + 1.6666665459e-1
+    y = y * r + 5.0000001201e-1
+    y = y * r2 + r + 1.0
+    scale = ((n.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(under, 0.0, y * scale)

@@ -1,4 +1,6 @@
-"""Confidence-based top-k unmasking as one Triton kernel: one program per row, row in registers.
+"""Confidence-based top-k unmasking: kernel, launcher and the ``triton_topk_unmask`` op.
+
+One program per row, the row held in registers.
 
 The ``take = min(k[b], #masked)`` best scores are found without sorting: a bisection over the
 order-preserving int32 keys of the scores finds the ``take``-th largest key, every eligible
@@ -6,17 +8,17 @@ position above it is revealed, and of the positions equal to it the first ones (
 fill the rest, which is the reference's tie-break to the lower position.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.library reads the annotations at runtime.
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import random as rnd
 from .launch import LAUNCH_OPTIONS
-from .noise import INT32_MAX, INT32_MIN, exponential_from_bits, float_key, philox_block
+from .noise import INT32_MAX, INT32_MIN, MAX_SEARCH_STEPS, exponential_from_bits, float_key, philox_block
 
-STREAM_CONFIDENCE = tl.constexpr(3)
-MAX_SEARCH_STEPS = tl.constexpr(40)
+STREAM_CONFIDENCE = tl.constexpr(rnd.STREAM_CONFIDENCE)
 #: Longest row the kernel holds in registers.
 MAX_LENGTH = 16384
 
@@ -99,3 +101,22 @@ def launch_topk_unmask(
         num_warps=4 if block <= 2048 else 8, **LAUNCH_OPTIONS,
     )
     return out
+
+
+@torch.library.custom_op("dbert_kernels::triton_topk_unmask", mutates_args=())
+def triton_topk_unmask(
+    ids: torch.Tensor,
+    candidates: torch.Tensor,
+    confidence: torch.Tensor,
+    k: torch.Tensor,
+    rng: torch.Tensor,
+    mask_id: int,
+    gumbel_temperature: float,
+) -> torch.Tensor:
+    """Top-k unmasking: new ids ``[B, L]`` (``k`` [B] int64, ``confidence`` float32)."""
+    return launch_topk_unmask(ids, candidates, confidence, k, rng, mask_id, gumbel_temperature)
+
+
+@triton_topk_unmask.register_fake
+def _(ids, candidates, confidence, k, rng, mask_id, gumbel_temperature):
+    return torch.empty_like(ids)
