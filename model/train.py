@@ -58,6 +58,9 @@ class TrainConfig:
     spindle_form: str = "code"
     loss: str = "d3pm"
     hybrid_lambda: float = 0.01
+    hybrid_ce: str = "masked"
+    loss_norm: str = "token"
+    time_init: str = "normal"
     max_len: int = 64
     batch_size: int = 32
     lr: float = 2e-4
@@ -84,6 +87,7 @@ class TrainConfig:
         return DiffusionSettings(
             time_design=self.time_design, schedule=self.schedule, T=self.T, spindle_lambda=self.spindle_lambda,
             spindle_form=self.spindle_form, loss=self.loss, hybrid_lambda=self.hybrid_lambda, max_len=self.max_len,
+            hybrid_ce=self.hybrid_ce, loss_norm=self.loss_norm, time_init=self.time_init,
             vocab_size=len(tokenizer.get_vocab()), vocab_sha256=vocab_fingerprint(tokenizer),
             special_ids=special_ids(tokenizer),
         )
@@ -200,7 +204,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             raise ValueError(
                 f"max_len {cfg.max_len} (+{extra} time token) exceeds the model's {mlm.config.max_position_embeddings} positions"
             )
-        model = DiffusionBert(mlm, cfg.time_design, cfg.T).to(device)
+        model = DiffusionBert(mlm, cfg.time_design, cfg.T, time_init=settings.time_init).to(device)
         start_step, history, validation = 0, [], []
 
     corpus = load_corpus(cfg.data, verbose=True)

@@ -17,9 +17,9 @@ from .model_fixtures import CORPUS, VOCAB
 def test_variants_share_the_baseline_and_cover_every_comparison() -> None:
     vs = variants(PRESETS["small"])
     names = [v.name for v in vs]
-    assert len(names) == len(set(names)) == 10  # 5 configurations x 2 seeds, baseline trained once per seed
+    assert len(names) == len(set(names)) == 15  # 5 configurations x 3 seeds, baseline trained once per seed
     base = [v for v in vs if v.config_name == "spindle-tad-pretrained"]
-    assert [v.seed for v in base] == [0, 1] and all(v.groups == ("init", "schedule", "time") for v in base)
+    assert [v.seed for v in base] == [0, 1, 2] and all(v.groups == ("init", "schedule", "time") for v in base)
     assert {v.config_name for v in vs} == set(report.LABELS)
     assert [v.seed for v in vs[:5]] == [0] * 5  # seed 0 of everything first
 
