@@ -46,7 +46,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import LOSSES, SCHEDULES, TIME_DESIGNS
+    from .settings import HYBRID_CE_SETS, LOSS_NORMS, LOSSES, SCHEDULES, TIME_DESIGNS, TIME_INITS
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--spindle-form", choices=("code", "paper"), default=ds.spindle_form)
     t.add_argument("--loss", choices=LOSSES, default=ds.loss)
     t.add_argument("--hybrid-lambda", type=float, default=ds.hybrid_lambda)
+    t.add_argument("--hybrid-ce", choices=HYBRID_CE_SETS, default=ds.hybrid_ce,
+                   help="hybrid CE positions: masked only, or all non-pad (the authors')")
+    t.add_argument("--loss-norm", choices=LOSS_NORMS, default=ds.loss_norm,
+                   help="loss per noisable token, or per sentence (the authors')")
+    t.add_argument("--time-init", choices=TIME_INITS, default=ds.time_init,
+                   help="LTE/PTE time MLP init: normal (the authors') or zero (starts as TAD)")
     t.add_argument("--max-len", type=int, default=ds.max_len)
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr)
@@ -131,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-sentences", type=_positive_int, default=None, help="evaluate on the first N sentences")
     e.add_argument("--batch-size", type=_positive_int, default=32)
     e.add_argument("--samples", type=_non_negative_int, default=64, help="generated sentences for BLEU / Self-BLEU (0: skip)")
+    e.add_argument("--paper-metrics", action="store_true",
+                   help="also Table 2's metrics: the 128-step bound over real tokens, BLEU / Self-BLEU of "
+                   "128-step samples as the authors' mean of per-sample scores and pooled")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.add_argument("--no-progress", action="store_true")
     _add_sampling(e)
@@ -297,19 +306,41 @@ def _eval(args: argparse.Namespace) -> None:
         refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
         results.update({"samples": args.samples, "steps": args.steps, "bleu4": bleu4(texts, refs),
                         "self_bleu4": self_bleu(texts), "example": texts[:3]})
+    if args.paper_metrics:
+        from .evaluate import PAPER_STEPS, paper_metrics
+
+        texts = refs = None
+        if args.samples:
+            _, texts = _sample(loaded, argparse.Namespace(**{**vars(args), "steps": PAPER_STEPS}), args.samples)
+            refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
+        results.update(paper_metrics(
+            loaded.model, loaded.settings, info, split, texts, refs, elbo_samples=args.elbo_samples,
+            batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, backend=args.backend,
+        ))
     if args.json:
         print(json.dumps(results, indent=2))
         return
     skipped = int(results["skipped_truncated"])
     note = f"; {skipped} longer than max_len skipped" if skipped else ""
-    print(f"model {results['model']} on {data} ({args.split}, {int(results['sentences'])} whole sentences{note})")
-    print(f"  NELBO        {results['nelbo_per_sentence']:.2f} nats/sentence, {results['nats_per_word']:.3f} nats/word")
-    print(f"  perplexity   <= {results['perplexity']:.2f} (ELBO bound, per word)")
+    r, settings_loss = results, loaded.settings.loss
+    print(f"model {r['model']} on {data} ({args.split}, {int(r['sentences'])} whole sentences{note})")
+    print(f"  NELBO bound (T = {r['T']:g} steps, {settings_loss} loss, Monte Carlo x {args.elbo_samples})")
+    print(f"    with [SEP]/[PAD] {r['nelbo_per_sentence']:.2f} nats/sentence, {r['nats_per_word']:.3f} nats/word "
+          f"-> perplexity per word <= {r['perplexity']:.2f}")
+    print(f"    real tokens      {r['nelbo_real_per_sentence']:.2f} nats/sentence, {r['nats_per_wordpiece']:.3f} "
+          f"nats/wordpiece -> perplexity per wordpiece <= {r['ppl_per_wordpiece']:.2f}")
     if args.samples:
         print(f"  BLEU-4       {results['bleu4']:.4f} ({args.samples} samples vs the {args.split} set, {args.steps} steps)")
         print(f"  Self-BLEU-4  {results['self_bleu4']:.4f}")
         for text in results["example"]:
             print(f"  sample: {text}")
+    if args.paper_metrics:
+        print(f"  paper (Table 2): {r['paper_T']:g}-step bound, real tokens: {r['paper_nelbo_per_sentence']:.2f} "
+              f"nats/sentence, perplexity per wordpiece <= {r['paper_ppl_per_wordpiece']:.2f}")
+        if "paper_bleu4_mean" in r:
+            print(f"    {args.samples} samples x 128 steps: BLEU-4 {r['paper_bleu4_mean']:.4f} (mean per sample; "
+                  f"pooled {r['paper_bleu4_pooled']:.4f}), Self-BLEU-4 {r['paper_self_bleu4_mean']:.4f} "
+                  f"(pooled {r['paper_self_bleu4_pooled']:.4f})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

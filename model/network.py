@@ -8,8 +8,12 @@
   input embedding right after ``[CLS]``; its output row is dropped. It is a separate input
   vector, not a vocabulary row: the word embeddings and the output vocabulary are untouched.
 
-The time MLPs are ``hidden -> 2 hidden -> ReLU -> hidden`` with a zero-initialised last layer, so
-a pretrained initialisation starts out exactly as the time-agnostic model.
+The time MLPs are ``hidden -> 2 hidden -> ReLU -> hidden``. Their initialisation (``time_init``):
+
+* ``"normal"`` (default; the authors' code, whose new time layers get the backbone's
+  ``normal(0, initializer_range)`` weights and zero biases): time enters from the first step.
+* ``"zero"``: the last layer starts at zero, so a pretrained initialisation starts out exactly as
+  the time-agnostic model (and LTE/PTE only drift from TAD as that layer learns).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import nn
 
 from dbert_kernels import BlockCache, Denoiser, bert_layers, cached_encoder_pass, rows_in_span
 
-from .settings import TIME_DESIGNS
+from .settings import TIME_DESIGNS, TIME_INITS
 
 __all__ = ["DiffusionBert", "TimeMLP", "sinusoidal_embedding"]
 
@@ -43,14 +47,23 @@ def sinusoidal_embedding(t: torch.Tensor, T: float, dim: int) -> torch.Tensor:
 
 
 class TimeMLP(nn.Module):
-    """``sinusoidal(t) -> Linear(h, 2h) -> ReLU -> Linear(2h, h)`` (last layer zero-initialised)."""
+    """``sinusoidal(t) -> Linear(h, 2h) -> ReLU -> Linear(2h, h)``.
 
-    def __init__(self, hidden: int, T: float) -> None:
+    ``init``: ``"normal"`` (both layers ``normal(0, std)``, zero biases) or ``"zero"`` (the first
+    layer so, the last layer all zeros: the output is 0 until it learns).
+    """
+
+    def __init__(self, hidden: int, T: float, init: str = "normal", std: float = 0.02) -> None:
         super().__init__()
+        if init not in TIME_INITS:
+            raise ValueError(f"time_init must be one of {TIME_INITS}, got {init!r}")
         self.T = float(T)
         self.net = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        for layer in (self.net[0], self.net[2]):
+            nn.init.normal_(layer.weight, std=std)
+            nn.init.zeros_(layer.bias)
+        if init == "zero":
+            nn.init.zeros_(self.net[2].weight)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """``t``: ``[B]`` times in ``[0, T]`` -> ``[B, hidden]``."""
@@ -91,9 +104,11 @@ class DiffusionBert(nn.Module, Denoiser):
         mlm: a Hugging Face masked LM (``BertForMaskedLM`` or an ``AutoModelForMaskedLM``).
         time_design: ``"tad"``, ``"lte"`` or ``"pte"``.
         T: the time scale of ``t`` (the schedule's T).
+        time_init: ``"normal"`` or ``"zero"`` initialisation of the time MLPs (see the module
+            docstring; ignored by ``tad``).
     """
 
-    def __init__(self, mlm: nn.Module, time_design: str = "tad", T: float = 1000.0) -> None:
+    def __init__(self, mlm: nn.Module, time_design: str = "tad", T: float = 1000.0, time_init: str = "normal") -> None:
         super().__init__()
         if time_design not in TIME_DESIGNS:
             raise ValueError(f"time_design must be one of {TIME_DESIGNS}, got {time_design!r}")
@@ -104,17 +119,20 @@ class DiffusionBert(nn.Module, Denoiser):
         hidden = int(mlm.config.hidden_size)
         self._encoder_name, self._head_name = _encoder_and_head_names(mlm)  # names: no duplicate registration
         self._time_emb: torch.Tensor | None = None
+        std = float(getattr(mlm.config, "initializer_range", 0.02))
+        if time_init not in TIME_INITS:
+            raise ValueError(f"time_init must be one of {TIME_INITS}, got {time_init!r}")
         if time_design == "lte":
             attention = _attention_layers(self._encoder)
-            self.time_mlps = nn.ModuleList(TimeMLP(hidden, T) for _ in attention)
+            self.time_mlps = nn.ModuleList(TimeMLP(hidden, T, time_init, std) for _ in attention)
             for index, module in enumerate(attention):
                 module.register_forward_hook(self._make_lte_hook(index))
         elif time_design == "pte":
-            self.time_mlp = TimeMLP(hidden, T)
-            # Sinusoidal features alone would give an all-zero vector at the start: a learned
+            self.time_mlp = TimeMLP(hidden, T, time_init, std)
+            # With a zero-initialised MLP the time vector would be all zeros at the start: a learned
             # offset makes the time token distinguishable from padding from the first step.
             self.time_token = nn.Parameter(torch.zeros(hidden))
-            nn.init.normal_(self.time_token, std=float(getattr(mlm.config, "initializer_range", 0.02)))
+            nn.init.normal_(self.time_token, std=std)
 
     @property
     def _encoder(self) -> nn.Module:

@@ -13,12 +13,21 @@ from typing import Any, Literal
 
 from dbert_kernels import Schedule
 
-__all__ = ["DiffusionSettings", "TIME_DESIGNS", "LOSSES", "SCHEDULES", "schedule_from_name"]
+__all__ = [
+    "DiffusionSettings", "TIME_DESIGNS", "LOSSES", "SCHEDULES", "HYBRID_CE_SETS", "LOSS_NORMS", "TIME_INITS",
+    "schedule_from_name",
+]
 
 #: Time-step designs of the paper: time-agnostic, layer-wise time embedding, prefix time token.
 TIME_DESIGNS = ("tad", "lte", "pte")
 #: Training objectives: D3PM hybrid loss (discrete time) and the continuous-time MDLM ELBO.
 LOSSES = ("d3pm", "mdlm")
+#: Hybrid-loss cross-entropy sets: masked positions only, or every non-pad position (the authors').
+HYBRID_CE_SETS = ("masked", "all")
+#: Training-loss normalisations: per noisable token of the batch, or per sentence (the authors').
+LOSS_NORMS = ("token", "sentence")
+#: Initialisations of the LTE / PTE time MLPs (see :mod:`dbert_model.network`).
+TIME_INITS = ("normal", "zero")
 #: Named schedules accepted by the CLI and :func:`schedule_from_name` (names of ``Schedule``'s constructors).
 SCHEDULES = ("spindle", "d3pm", "cosine")
 
@@ -51,7 +60,15 @@ class DiffusionSettings:
         T: number of diffusion steps of the forward process (an integer for the D3PM loss).
         spindle_lambda, spindle_form: the spindle term (ignored unless ``schedule="spindle"``).
         loss: ``"d3pm"`` (hybrid: KL + hybrid_lambda * CE) or ``"mdlm"`` (continuous-time ELBO).
-        hybrid_lambda: weight of the auxiliary cross-entropy on masked positions.
+        hybrid_lambda: weight of the auxiliary cross-entropy term.
+        hybrid_ce: the positions of that term: ``"masked"`` (default: the positions the bound
+            scores; an unmasked token is visible in the input, so its CE teaches copying) or
+            ``"all"`` (the authors' code: masked positions plus every real token).
+        loss_norm: ``"token"`` (default: the batch loss over its noisable positions, so the
+            gradient scale does not grow with sentence length and the gradient-clipping threshold
+            keeps its meaning) or ``"sentence"`` (the authors': over the batch size).
+        time_init: ``"normal"`` (default, the authors': time enters LTE/PTE from the first step)
+            or ``"zero"`` (LTE/PTE start out exactly as TAD); see :mod:`dbert_model.network`.
         max_len: sequence length including ``[CLS]`` and ``[SEP]`` (sentences are padded to it).
         vocab_size, vocab_sha256: the tokenizer's vocabulary (checked on load).
         special_ids: ``cls``, ``sep``, ``pad``, ``mask``, ``unk`` ids of the tokenizer.
@@ -64,6 +81,9 @@ class DiffusionSettings:
     spindle_form: Literal["code", "paper"] = "code"
     loss: Literal["d3pm", "mdlm"] = "d3pm"
     hybrid_lambda: float = 0.01
+    hybrid_ce: Literal["masked", "all"] = "masked"
+    loss_norm: Literal["token", "sentence"] = "token"
+    time_init: Literal["normal", "zero"] = "normal"
     max_len: int = 64
     vocab_size: int = 0
     vocab_sha256: str = ""
@@ -78,6 +98,9 @@ class DiffusionSettings:
             raise ValueError(f"the D3PM loss needs an integer number of steps T, got {self.T}")
         if not (isinstance(self.max_len, int) and self.max_len >= 3):
             raise ValueError(f"max_len must be an int >= 3 ([CLS] x [SEP]), got {self.max_len!r}")
+        for name, allowed in (("hybrid_ce", HYBRID_CE_SETS), ("loss_norm", LOSS_NORMS), ("time_init", TIME_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.hybrid_lambda < 0:
             raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
         self.build_schedule()  # validates the schedule fields

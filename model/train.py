@@ -318,7 +318,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
                 f"max_len {settings.max_len} (+{extra} time token) exceeds the model's "
                 f"{mlm.config.max_position_embeddings} positions"
             )
-        model = DiffusionBert(mlm, settings.time_design, settings.T).to(device)
+        model = DiffusionBert(mlm, settings.time_design, settings.T, time_init=settings.time_init).to(device)
         start_step, history, validation = 0, [], []
 
     with accelerator.main_process_first():  # the main process builds (and caches) the corpus first

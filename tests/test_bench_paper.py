@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from bench.paper import report
 from bench.paper.__main__ import main, run
@@ -17,9 +18,9 @@ from .model_fixtures import CORPUS, VOCAB
 def test_variants_share_the_baseline_and_cover_every_comparison() -> None:
     vs = variants(PRESETS["small"])
     names = [v.name for v in vs]
-    assert len(names) == len(set(names)) == 10  # 5 configurations x 2 seeds, baseline trained once per seed
+    assert len(names) == len(set(names)) == 15  # 5 configurations x 3 seeds, baseline trained once per seed
     base = [v for v in vs if v.config_name == "spindle-tad-pretrained"]
-    assert [v.seed for v in base] == [0, 1] and all(v.groups == ("init", "schedule", "time") for v in base)
+    assert [v.seed for v in base] == [0, 1, 2] and all(v.groups == ("init", "schedule", "time") for v in base)
     assert {v.config_name for v in vs} == set(report.LABELS)
     assert [v.seed for v in vs[:5]] == [0] * 5  # seed 0 of everything first
 
@@ -34,6 +35,9 @@ def test_claim_verdicts_follow_the_per_seed_signs() -> None:
     assert held["spindle_beats_d3pm"]["verdict"] == "held"
     assert held["spindle_beats_d3pm"]["difference"] == pytest.approx(2.0)
     assert held["spindle_beats_d3pm"]["seed_spread"] == pytest.approx(1.0)
+    assert held["spindle_beats_d3pm"]["beyond_spread"] is True  # paired differences 2, 2 > spread 1
+    noisy = report.verdicts([_run(base, 0, 10), _run(base, 1, 13), _run(other, 0, 12), _run(other, 1, 14)], [])
+    assert noisy["spindle_beats_d3pm"]["verdict"] == "held" and noisy["spindle_beats_d3pm"]["beyond_spread"] is False
     mixed = report.verdicts([_run(base, 0, 10), _run(base, 1, 14), _run(other, 0, 12), _run(other, 1, 13)], [])
     assert mixed["spindle_beats_d3pm"]["verdict"] == "inconclusive (seeds disagree)"
     worse = report.verdicts([_run(base, 0, 13), _run(other, 0, 12)], [])
@@ -71,3 +75,39 @@ def test_quick_command_on_the_builtin_corpus(tmp_path) -> None:
     assert len(res["runs"]) == 5 and (tmp_path / "out" / "quick.md").is_file()
     assert set(res["verdicts"]) == {"spindle_beats_d3pm", "tad_vs_lte", "tad_vs_pte", "pretrained_converges_faster",
                                     "more_steps_lower_perplexity"}
+
+
+def test_exact_posterior_weights_sum_to_one_and_the_authors_rule_does_not() -> None:
+    """T = 2048, lambda = 0.3 (the authors' setting): the exact posterior's total weight per token is
+    keep(0) - keep(T) = 0.999 (the code form clips keep at 0.999) for every class; the authors'
+    rule gives 0.78 to a token 0.4 below its sentence's mean information and 1.22 to one 0.4 above
+    (tolerance 0.005)."""
+    from bench.paper.bound import class_table, weight_totals
+    from dbert_kernels import Schedule
+
+    rows = {round(r["w_minus_mean"], 2): r for r in class_table(Schedule.spindle(0.3, T=2048), [-0.4, 0.0, 0.4])}
+    for row in rows.values():
+        assert abs(row["exact"] - 0.999) < 1e-6  # float32 keep probabilities
+    assert abs(rows[-0.4]["authors"] - 0.78) < 0.005 and abs(rows[0.4]["authors"] - 1.22) < 0.005
+    assert abs(rows[0.0]["authors"] - 1.0) < 0.002  # at the sentence mean both rules nearly agree
+    # with a stride (the authors' eval_step_size) the exact rule still telescopes; plain D3PM: exactly 1
+    info = torch.tensor([[0.9, 0.1, 0.5], [0.3, 0.3, 0.0]])
+    real = torch.tensor([[True, True, True], [True, True, False]])
+    exact, authors = weight_totals(Schedule.spindle(0.3, T=256), info, real, step=16)
+    torch.testing.assert_close(exact[real], torch.full((5,), 0.999, dtype=torch.float64))
+    assert exact[1, 2] == 0 and authors[1, 2] == 0
+    exact, authors = weight_totals(Schedule.d3pm(64), info, real)
+    torch.testing.assert_close(exact[real], torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(authors[real], torch.ones(5, dtype=torch.float64))  # no spindle: the same rule
+
+
+def test_authors_reveal_probability_is_their_formula() -> None:
+    """keep_s beta / (keep_s beta + 1 - keep_s) with the sentence-level beta = 1 - ab_t / ab_s;
+    equal to the exact posterior when keep is the sentence-level alphabar."""
+    from dbert_model.losses import authors_reveal_probability
+
+    keep_s, ab_s, ab_t = torch.tensor([0.6]), torch.tensor([0.5]), torch.tensor([0.4])
+    beta = 1 - 0.4 / 0.5
+    expected = 0.6 * beta / (0.6 * beta + 0.4)
+    torch.testing.assert_close(authors_reveal_probability(keep_s, ab_s, ab_t), torch.tensor([expected]))
+    torch.testing.assert_close(authors_reveal_probability(ab_s, ab_s, ab_t), (ab_s - ab_t) / (1 - ab_t))

@@ -10,7 +10,7 @@ import torch
 
 from dbert_model import bleu4, elbo_perplexity, encode, load_corpus, self_bleu, token_counts
 from dbert_model.data import prepare_builtin_corpus, split_by_hash, split_sentences
-from dbert_model.evaluate import normalise_references
+from dbert_model.evaluate import bleu4_mean, discretised, normalise_references, paper_metrics, self_bleu_mean
 
 from .model_fixtures import CORPUS, MAX_LEN, settings, tiny_model, tokenizer, train_ids
 
@@ -81,8 +81,16 @@ def test_elbo_perplexity_is_exp_of_nats_per_word() -> None:
     split = encode(tokenizer(), load_corpus(CORPUS).valid, MAX_LEN)
     ids = train_ids()
     res = elbo_perplexity(tiny_model(), settings(), token_information(counts(ids)), split, samples=2, batch_size=4)
-    assert res["perplexity"] == pytest.approx(math.exp(res["nats_per_word"]))
+    assert res["perplexity"] == pytest.approx(math.exp(res["nats_per_word"])) == res["ppl_per_word"]
     assert res["nats_per_word"] * float(split.words.sum()) == pytest.approx(res["nelbo_per_sentence"] * len(split))
+    # per wordpiece: the real tokens' bound over the real tokens ([CLS], [SEP], [PAD] excluded)
+    tok = tokenizer()
+    specials = torch.tensor([tok.cls_token_id, tok.sep_token_id, tok.pad_token_id])
+    pieces = int((~torch.isin(split.ids, specials)).sum())
+    assert res["wordpieces"] == pieces and res["T"] == 1000.0
+    assert res["nats_per_wordpiece"] * pieces == pytest.approx(res["nelbo_real_per_sentence"] * len(split))
+    assert res["ppl_per_wordpiece"] == pytest.approx(math.exp(res["nats_per_wordpiece"]))
+    assert 0 < res["nelbo_real_per_sentence"] < res["nelbo_per_sentence"]
     # an untrained model is close to uniform over V: about log V nats per scored token
     assert 0.5 * math.log(64) < res["nelbo_per_sentence"] / MAX_LEN < 2 * math.log(64)
     assert torch.isfinite(torch.tensor(res["perplexity"]))
@@ -122,3 +130,43 @@ def test_saved_datasets_dataset(tmp_path) -> None:
     dd.save_to_disk(str(tmp_path / "dict"))
     split = load_corpus(tmp_path / "dict")
     assert split.train == lines[:200] and split.valid == lines[200:250] and split.test == lines[250:]
+
+
+def test_bleu_both_ways_on_hand_made_texts() -> None:
+    """Known values: a sample equal to a reference scores 1 on its own, one sharing nothing scores
+    0 (no smoothing), so the authors' mean is 0.5; pooled, the n-gram counts add up:
+    p1..p4 = 6/9, 5/7, 4/5, 3/4 (NLTK counts at least one n-gram per sample) and the brevity
+    penalty exp(1 - 12/9)."""
+    refs = ["the cat sat on the mat"]
+    samples = ["the cat sat on the mat", "a dog ran"]
+    assert bleu4_mean(samples, refs) == pytest.approx(0.5)
+    pooled = math.exp(1 - 12 / 9) * (6 / 9 * 5 / 7 * 4 / 5 * 3 / 4) ** 0.25
+    assert bleu4(samples, refs) == pytest.approx(pooled, rel=1e-9)
+    # Self-BLEU: two identical samples score 1 against each other, the third shares nothing
+    trio = ["a b c d e", "a b c d e", "v w x"]
+    assert self_bleu_mean(trio) == pytest.approx(2 / 3)
+    pooled = math.exp(1 - 15 / 13) * (10 / 13 * 8 / 10 * 6 / 7 * 4 / 5) ** 0.25
+    assert self_bleu(trio) == pytest.approx(pooled, rel=1e-9)
+    with pytest.raises(ValueError):
+        self_bleu_mean(["only one"])
+    with pytest.raises(ValueError):
+        bleu4_mean(["", " "], refs)
+
+
+def test_paper_metrics_use_the_128_step_bound_over_real_tokens() -> None:
+    from dbert_kernels import token_information
+
+    from .model_fixtures import counts
+
+    split = encode(tokenizer(), load_corpus(CORPUS).valid, MAX_LEN)
+    info = token_information(counts(train_ids()))
+    model, s = tiny_model(), settings()
+    res = paper_metrics(model, s, info, split, ["the cat", "a dog"], ["the cat", "the dog"], elbo_samples=1,
+                        batch_size=8)
+    net, s128 = discretised(model, s, 128)
+    direct = elbo_perplexity(net, s128, info, split, samples=1, batch_size=8)
+    assert res["paper_T"] == 128.0 and s128.T == 128.0
+    assert res["paper_nats_per_wordpiece"] == pytest.approx(direct["nats_per_wordpiece"])
+    assert res["paper_nelbo_per_sentence"] == pytest.approx(direct["nelbo_real_per_sentence"])
+    assert res["paper_bleu4_mean"] == pytest.approx(bleu4_mean(["the cat", "a dog"], ["the cat", "the dog"]))
+    assert {"paper_bleu4_pooled", "paper_self_bleu4_mean", "paper_self_bleu4_pooled"} <= set(res)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dbert_model import build_masked_lm, build_model, diffusion_loss, minilm_path
-from dbert_model.network import sinusoidal_embedding
+from dbert_model.network import DiffusionBert, sinusoidal_embedding
 from dbert_model.settings import DiffusionSettings
 
 from .model_fixtures import MAX_LEN, counts, settings, tiny_model, train_ids
@@ -43,12 +43,27 @@ def test_rows_select_the_same_logits_as_the_full_output(design: str) -> None:
 
 
 @pytest.mark.parametrize("design", ["lte", "pte"])
+def test_time_init_zero_starts_time_free_and_normal_does_not(design: str) -> None:
+    ids = train_ids(2)
+    tad = tiny_model("tad").eval()
+    for init in ("zero", "normal"):
+        torch.manual_seed(0)
+        model = DiffusionBert(tiny_model("tad").mlm, design, 1000.0, time_init=init).eval()
+        early, late = model(ids, t=torch.tensor([5.0, 5.0])), model(ids, t=torch.tensor([900.0, 900.0]))
+        if init == "zero":  # the last layer starts at zero: the time vector is constant (0 for LTE)
+            torch.testing.assert_close(early, late)
+            if design == "lte":
+                torch.testing.assert_close(early, tad(ids))
+        else:
+            assert (early - late).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="time_init"):
+        DiffusionBert(tiny_model("tad").mlm, design, 1000.0, time_init="bogus")
+
+
+@pytest.mark.parametrize("design", ["lte", "pte"])
 def test_time_designs_depend_on_t_and_tad_does_not(design: str) -> None:
     model = tiny_model(design).eval()
     ids = train_ids(2)
-    same_at_init = model(ids, t=torch.tensor([5.0, 5.0])), model(ids, t=torch.tensor([900.0, 900.0]))
-    if design == "lte":  # zero-initialised last layer: starts exactly as the time-agnostic model
-        torch.testing.assert_close(*same_at_init)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

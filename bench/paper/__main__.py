@@ -74,7 +74,7 @@ def report_commit() -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.paper", description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                   help="sizes: small (~40 min, the committed run), full (~90 min idle 2-core CPU), quick (smoke)")
+                   help="sizes: small (~55 min idle 2-core CPU, 3 seeds, the committed run), full (~90 min idle 2-core CPU), quick (smoke)")
     p.add_argument("--quick", action="store_true", help="same as --preset quick (under a minute)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's training steps per variant")
     p.add_argument("--seeds", default=None, help="override the seeds, comma-separated (e.g. 0,1,2)")

@@ -3,9 +3,12 @@
 A job trains its variant unless the cache already holds it at the preset's step count (a rerun
 only evaluates; an interrupted one resumes), then measures on the test split:
 
-* ``perplexity``: the ELBO bound per word, ``exp(NELBO / words)`` (T = 1000, as trained), on the
-  test sentences that fit whole in ``max_len`` tokens (the same sentences for every variant);
-* ``bleu4`` / ``self_bleu4``: ``bleu_samples`` samples generated with ``sample_steps`` steps;
+* ``perplexity``: the ELBO bound per word, ``exp(NELBO / words)`` (T = 1000, as trained; the
+  full bound, ``[SEP]``/``[PAD]`` included), on the test sentences that fit whole in ``max_len``
+  tokens (the same sentences for every variant); ``ppl_per_wordpiece``: the real tokens' bound per
+  real wordpiece (the authors' normalisation);
+* ``bleu4`` / ``self_bleu4`` (pooled, smoothed) and ``bleu4_mean`` / ``self_bleu4_mean`` (the
+  authors' mean of per-sample scores): ``bleu_samples`` samples generated with ``sample_steps`` steps;
 * the validation curve logged during training (for the plot).
 
 A sweep job evaluates one trained variant at a given step count ``k``: the *discretised* ELBO
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +48,6 @@ def _trained_steps(out: Path) -> int:
     return int(state["step"]) if state else 0
 
 
-class _TimeRescaled(torch.nn.Module):
-    """The network seen as a ``k``-step model: time ``t`` in ``{1..k}`` is fed as ``t T / k``."""
-
-    def __init__(self, inner: torch.nn.Module, factor: float) -> None:
-        super().__init__()
-        self.inner = inner
-        self.factor = factor
-
-    def forward(self, ids: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner(ids, t=t * self.factor, rows=rows)
-
-
 def _test_data(preset: Preset, loaded: Any) -> tuple[Any, list[str]]:
     from dbert_model import encode, load_corpus
     from dbert_model.bench_api import whole_sentences
@@ -73,17 +63,18 @@ def _test_data(preset: Preset, loaded: Any) -> tuple[Any, list[str]]:
 
 def _elbo(preset: Preset, loaded: Any, split: Any, steps: int | None = None) -> dict[str, float]:
     from dbert_model import elbo_perplexity
+    from dbert_model.evaluate import discretised
 
     model, settings = loaded.model, loaded.settings
     if steps is not None:
-        model = _TimeRescaled(loaded.model, float(settings.T) / steps)
-        settings = replace(settings, T=float(steps))
+        model, settings = discretised(loaded.model, settings, steps)
     return elbo_perplexity(model, settings, loaded.token_info(), split, samples=preset.elbo_samples,
                            batch_size=64, seed=0, max_sentences=preset.test_sentences)
 
 
 def _samples(preset: Preset, loaded: Any, refs: list[str], steps: int) -> dict[str, Any]:
     from dbert_model import bleu4, decode, sample_ids, self_bleu
+    from dbert_model.evaluate import bleu4_mean, self_bleu_mean
 
     start = time.perf_counter()
     ids = sample_ids(loaded.model, loaded.settings, loaded.tokenizer, n=preset.bleu_samples, steps=steps,
@@ -92,9 +83,10 @@ def _samples(preset: Preset, loaded: Any, refs: list[str], steps: int) -> dict[s
     texts = decode(loaded.tokenizer, ids, loaded.settings)
     nonempty = sum(bool(t.split()) for t in texts)
     try:
-        scores = {"bleu4": bleu4(texts, refs), "self_bleu4": self_bleu(texts)}
+        scores = {"bleu4": bleu4(texts, refs), "self_bleu4": self_bleu(texts),
+                  "bleu4_mean": bleu4_mean(texts, refs), "self_bleu4_mean": self_bleu_mean(texts)}
     except ValueError:  # (almost) all samples empty: an untrained model writes [SEP] first
-        scores = {"bleu4": float("nan"), "self_bleu4": float("nan")}
+        scores = {k: float("nan") for k in ("bleu4", "self_bleu4", "bleu4_mean", "self_bleu4_mean")}
     return {**scores, "sample_seconds": seconds, "nonempty_samples": nonempty, "examples": texts[:3]}
 
 
@@ -123,6 +115,8 @@ def train_and_evaluate(preset: Preset, variant: Variant, root: str) -> dict[str,
         "trained_now": trained_here, "train_seconds": train_seconds,
         "train_seconds_logged": state["history"][-1]["elapsed_s"] if state["history"] else None,
         "perplexity": elbo["perplexity"], "nats_per_word": elbo["nats_per_word"],
+        "ppl_per_wordpiece": elbo["ppl_per_wordpiece"], "nats_per_wordpiece": elbo["nats_per_wordpiece"],
+        "nelbo_real_per_sentence": elbo["nelbo_real_per_sentence"],
         "test_sentences": elbo["sentences"], **samples,
         "eval_seconds": time.perf_counter() - start,
         "validation": [{"step": v["step"], "nats_per_word": v["nats_per_word"]} for v in state["validation"]],
@@ -143,4 +137,5 @@ def sweep_point(preset: Preset, variant: Variant, root: str, steps: int) -> dict
     samples = _samples(preset, loaded, refs, steps)
     print(f"[{variant.name} @ {steps} steps] PPL <= {elbo['perplexity']:.1f}  BLEU-4 {samples['bleu4']:.4f}", flush=True)
     return {"variant": variant.name, "seed": variant.seed, "sampling_steps": steps,
-            "perplexity": elbo["perplexity"], "nats_per_word": elbo["nats_per_word"], **samples}
+            "perplexity": elbo["perplexity"], "nats_per_word": elbo["nats_per_word"],
+            "ppl_per_wordpiece": elbo["ppl_per_wordpiece"], **samples}
