@@ -1,4 +1,4 @@
-"""dbert_model: the DiffusionBERT denoiser, training, generation and evaluation (issue 3).
+"""dbert_model: the DiffusionBERT denoiser, training, generation and evaluation.
 
 Python API (the ``dbert`` command wraps it):
 
