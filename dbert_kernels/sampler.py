@@ -171,11 +171,23 @@ class _Ask:
         self.stats.rows_forwarded += sub_ids.shape[0]
         if self.cache is None:
             self.stats.positions_forwarded += sub_ids.numel()
-            return self.den(sub_ids, t=t_rows, rows=sub_rows)
+            return _checked(self.den(sub_ids, t=t_rows, rows=sub_rows), sub_rows)
         start, end = self.cache.span(sub_ids.shape[1])
         self.stats.positions_forwarded += sub_ids.shape[0] * (end - start)
         batch_rows = torch.arange(batch, device=ids.device) if sel is None else sel
-        return self.den.cached_logits(sub_ids, t_rows, sub_rows, self.cache, batch_rows)
+        return _checked(self.den.cached_logits(sub_ids, t_rows, sub_rows, self.cache, batch_rows), sub_rows)
+
+
+def _checked(logits: Any, rows: torch.Tensor) -> torch.Tensor:
+    """The denoiser's answer, if it is ``[rows.sum(), V]`` logits; else an error naming the denoiser."""
+    wanted = int(rows.sum())
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != wanted:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the denoiser returned logits {got} but was asked for {wanted} positions: a Denoiser's "
+            "logits(ids, t, rows) must return [rows.sum(), V], one row per True entry of rows in row-major order"
+        )
+    return logits
 
 
 def _stop_early(ids: torch.Tensor, mask_id: int, stop: torch.Tensor, pad_id: int, stats: GenerateStats) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dbert_kernels import BigramDenoiser, Schedule, build_template, generate, sample_absorbing
+from dbert_kernels import BigramDenoiser, Denoiser, Schedule, build_template, generate, sample_absorbing
 from dbert_kernels.denoisers import CallableDenoiser, HFMaskedLMDenoiser
 
 V, MASK, PAD, CLS, SEP = 150, 103, 0, 101, 102
@@ -171,3 +171,14 @@ def test_spindle_aware_posterior():
     with pytest.raises(ValueError, match="spindle"):
         generate(_den(), mask_id=MASK, steps=2, schedule=Schedule.d3pm(), token_info=info, progress=False,
                  banned_ids=BANNED)
+
+
+def test_a_denoiser_returning_the_wrong_number_of_rows_is_named():
+    class Short(Denoiser):
+        vocab_size = 50
+
+        def logits(self, ids, t, rows):
+            return torch.zeros(int(rows.sum()) - 1, self.vocab_size)
+
+    with pytest.raises(ValueError, match="the denoiser returned logits"):
+        generate(Short(), mask_id=3, batch_size=2, seq_len=5, steps=2, banned_ids=[], progress=False)
