@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from dbert_kernels import token_information
 
+from .ar import ARCHS, ar_loss, ar_perplexity, build_gpt2, is_ar_checkpoint, load_ar, sample_ar
 from .build import build_masked_lm
 from .checkpoint import check_vocabulary, is_checkpoint, load_checkpoint, save_checkpoint
 from .data import EncodedSplit, encode, load_corpus, token_counts
@@ -35,6 +37,9 @@ __all__ = ["TrainConfig", "TrainResult", "train", "resolve_device"]
 class TrainConfig:
     """All switches of a training run (JSON-serialisable; saved in ``trainer_state.json``).
 
+    Architecture: ``arch`` is ``"diffusion"`` (DiffusionBERT) or ``"gpt2"`` (the autoregressive
+    baseline of :mod:`dbert_model.ar`: a GPT-2 shaped like the BERT that ``init`` names, random
+    weights, same tokenizer, data, order and schedule; the diffusion fields are then unused).
     Model: ``init`` is ``"minilm"`` (pretrained MiniLM, head built), ``"scratch"`` (the MiniLM
     architecture with random weights), ``"tiny"`` (2 x 64, for tests and demos), ``"bert-base"``
     (random bert-base size) or a local pretrained directory. ``tokenizer``: a directory or
@@ -48,6 +53,7 @@ class TrainConfig:
     """
 
     out: str = "runs/dbert"
+    arch: str = "diffusion"
     data: str = "builtin"
     init: str = "minilm"
     tokenizer: str | None = None
@@ -147,6 +153,8 @@ def _batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tenso
 
 
 def _check_config(cfg: TrainConfig) -> None:
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {cfg.arch!r}")
     for name in ("batch_size", "max_steps", "eval_every", "save_every", "log_every", "eval_sentences"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -170,7 +178,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     resuming = cfg.resume and is_checkpoint(out) and (out / "trainer_state.json").is_file()
 
     if resuming:
-        loaded = load_checkpoint(out, device=device)
+        if is_ar_checkpoint(out) != (cfg.arch == "gpt2"):
+            raise ValueError(f"cannot resume {out} with arch {cfg.arch!r}: it holds another architecture; use another --out")
+        loaded = load_ar(out, device=device) if cfg.arch == "gpt2" else load_checkpoint(out, device=device)
         tokenizer, model, settings = loaded.tokenizer, loaded.model, loaded.settings
         if cfg.tokenizer:
             check_vocabulary(settings, load_tokenizer(cfg.tokenizer), where=f"checkpoint {out}")
@@ -189,18 +199,21 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         tokenizer = load_tokenizer(_default_tokenizer_path(cfg))
         settings = cfg.settings(tokenizer)
         torch.manual_seed(cfg.seed)  # random initialisation (scratch, new head, time layers)
-        mlm = build_masked_lm(_init_source(cfg, settings.vocab_size))
-        if int(mlm.config.vocab_size) != settings.vocab_size:
+        if cfg.arch == "gpt2":
+            model = build_gpt2(_init_source(cfg, settings.vocab_size), settings).to(device)
+        mlm = None if cfg.arch == "gpt2" else build_masked_lm(_init_source(cfg, settings.vocab_size))
+        if mlm is not None and int(mlm.config.vocab_size) != settings.vocab_size:
             raise VocabularyMismatchError(
                 f"the init model {cfg.init!r} has {mlm.config.vocab_size} vocabulary rows but the tokenizer has "
                 f"{settings.vocab_size} tokens: pass the tokenizer the model was trained with (--tokenizer)"
             )
         extra = 1 if cfg.time_design == "pte" else 0
-        if cfg.max_len + extra > int(getattr(mlm.config, "max_position_embeddings", 10**9)):
+        if mlm is not None and cfg.max_len + extra > int(getattr(mlm.config, "max_position_embeddings", 10**9)):
             raise ValueError(
                 f"max_len {cfg.max_len} (+{extra} time token) exceeds the model's {mlm.config.max_position_embeddings} positions"
             )
-        model = DiffusionBert(mlm, cfg.time_design, cfg.T).to(device)
+        if mlm is not None:
+            model = DiffusionBert(mlm, cfg.time_design, cfg.T).to(device)
         start_step, history, validation = 0, [], []
 
     corpus = load_corpus(cfg.data, verbose=True)
@@ -216,7 +229,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     log(
         f"data {corpus.source}: {len(train_split)} train / {len(valid_split)} valid sentences, "
         f"max_len {cfg.max_len}; model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
-        f"({cfg.init}, {settings.time_design}, {settings.schedule} schedule, {settings.loss} loss) on {device}"
+        f"({cfg.init}, " + ("GPT-2" if cfg.arch == "gpt2" else f"{settings.time_design}, {settings.schedule} schedule, "
+                             f"{settings.loss} loss") + f") on {device}"
     )
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "LayerNorm" not in n]
@@ -232,6 +246,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         save_checkpoint(out, model, settings, tokenizer, counts, trainer_state=state, optimizer_state=optimizer.state_dict())
 
     def validate(step: int) -> None:
+        if cfg.arch == "gpt2":
+            res = ar_perplexity(model, valid_split, settings.special_ids["pad"], batch_size=cfg.batch_size,
+                                max_sentences=cfg.eval_sentences)
+            validation.append({"step": step, **res})
+            log(f"  valid @ {step}: NLL {res['nll_per_sentence']:.2f} nats/sentence, {res['nats_per_word']:.3f} "
+                f"nats/word, PPL {res['perplexity']:.1f} (exact)")
+            return
         res = elbo_perplexity(
             model, settings, info, valid_split, batch_size=cfg.batch_size, seed=cfg.seed + 1,
             max_sentences=cfg.eval_sentences, backend=cfg.backend,
@@ -274,7 +295,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             if step % cfg.eval_every == 0:
                 validate(step)
             if cfg.sample_every and step % cfg.sample_every == 0:
-                texts = decode(tokenizer, sample_ids(model, settings, tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed, progress=False), settings)
+                ids = (sample_ar(model, settings, tokenizer, n=2, top_k=30, seed=cfg.seed) if cfg.arch == "gpt2" else
+                       sample_ids(model, settings, tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed, progress=False))
+                texts = decode(tokenizer, ids, settings)
                 for text in texts:
                     bar.write(f"  sample: {text}")
             if step % cfg.save_every == 0:
@@ -289,14 +312,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
 
 
 def _step(
-    model: DiffusionBert, optimizer: torch.optim.Optimizer, ids: torch.Tensor, settings: DiffusionSettings,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, settings: DiffusionSettings,
     info: torch.Tensor, cfg: TrainConfig, step: int,
 ) -> tuple[float, float]:
     """One optimiser step; returns (loss, mean CE over masked positions)."""
     from .losses import diffusion_loss
 
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):  # mixed precision (GPU)
-        out = diffusion_loss(model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend)
+        if cfg.arch == "gpt2":  # next-token CE; reported in both columns (every token is predicted)
+            ar = ar_loss(model, ids, settings.special_ids["pad"])
+            out = SimpleNamespace(loss=ar.loss, ce=ar.loss.detach())
+        else:
+            out = diffusion_loss(model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend)
     if not torch.isfinite(out.loss):
         raise FloatingPointError(f"the loss is not finite at step {step}: lower the learning rate (--lr)")
     optimizer.zero_grad(set_to_none=True)
