@@ -97,9 +97,7 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
     note = progress or (lambda _: None)
     bert = load_checkpoint(checkpoint, device=device)
     gpt = load_ar(baseline, device=device)
-    judge = Judge.load(judge_dir, device=device)
-    for other, name in ((gpt, "--baseline"), (judge.loaded, "--judge")):
-        check_vocabulary(bert.settings, other.tokenizer, where=f"{name} {other.path}")
+    check_vocabulary(bert.settings, gpt.tokenizer, where=f"--baseline {baseline}")
     seq_len = bert.settings.max_len
     if int(gpt.model.config.n_positions) < seq_len:
         raise ValueError(f"--baseline {baseline} has {gpt.model.config.n_positions} positions, fewer than the "
@@ -117,8 +115,6 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
         "diffusionbert": {"bound": "ELBO (upper bound)", "elbo_samples": cfg.elbo_samples, **elbo_perplexity(
             bert.model, st, bert.token_info().to(device), split, samples=cfg.elbo_samples, backend=backend)},
     }
-    real = normalise_references(tok, test, seq_len)
-    reference = {"setting": "test sentences", **judge.score(real), "self_bleu4": self_bleu(real)}
 
     def diffusion(steps: int) -> Callable[[int, int], torch.Tensor]:
         return lambda n, seed: sample_ids(bert.model, st, tok, n=n, steps=steps, seq_len=seq_len, top_k=cfg.top_k,
@@ -153,9 +149,17 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
             texts = decode(tok, ids, st)
             if bool((ids == st.special_ids["mask"]).any()):
                 raise RuntimeError(f"{info['setting']} left [MASK] tokens: benchmark invalid")
-            quality_of[key] = {**judge.score(texts), "bleu4": bleu4(texts, refs), "self_bleu4": self_bleu(texts),
-                               "examples": texts[:3]}
+            quality_of[key] = {"bleu4": bleu4(texts, refs), "self_bleu4": self_bleu(texts), "samples": texts}
         results.append({**info, "tokens": seq_len - 1, "speed": speed, "quality": quality_of[key]})
+
+    # the judge comes last: it is not in memory while the generations are timed
+    note("judge")
+    judge = Judge.load(judge_dir, device=device)
+    check_vocabulary(st, judge.loaded.tokenizer, where=f"--judge {judge_dir}")
+    for quality in quality_of.values():
+        quality.update(judge.score(quality["samples"]))
+    real = normalise_references(tok, test, seq_len)
+    reference = {"setting": "test sentences", **judge.score(real), "self_bleu4": self_bleu(real)}
     return {
         "checkpoint": str(checkpoint), "baseline": str(baseline), "judge": str(judge_dir), "config": asdict(cfg),
         "data": corpus.source, "seq_len": seq_len, "test_sentences": len(test), "perplexity": perplexity,
@@ -233,7 +237,7 @@ def lines(t: dict[str, Any], png_name: str | None = None) -> list[str]:
         key = r["model"] if r["model"] == "gpt2" else r["setting"]
         if key not in shown:
             shown.add(key)
-            out += [f"- {r['setting']}: " + " / ".join(f"_{e}_" for e in r["quality"]["examples"][:2])]
+            out += [f"- {r['setting']}: " + " / ".join(f"_{e}_" if e else "(empty)" for e in r["quality"]["samples"][:2])]
     return out
 
 

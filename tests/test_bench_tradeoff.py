@@ -32,7 +32,7 @@ def test_quick_tradeoff_run_times_and_judges_every_setting(tmp_path, capsys) -> 
     for r in t["results"]:
         assert [s["batch"] for s in r["speed"]] == [1, 2] and all(s["tokens_per_s"] > 0 for s in r["speed"])
         q = r["quality"]
-        assert q["texts"] == 4 and q["gen_ppl"] > 1 and 0 <= q["bleu4"] <= 1 and 0 <= q["distinct_1"] <= 1
+        assert q["texts"] == len(q["samples"]) == 4 and q["gen_ppl"] > 1 and 0 <= q["bleu4"] <= 1 and 0 <= q["distinct_1"] <= 1
     assert t["perplexity"]["gpt2"]["bound"] == "exact" and t["perplexity"]["diffusionbert"]["perplexity_per_token"] > 1
     assert t["training"]["gpt2"]["arch"] == "gpt2" and t["training"]["judge"]["seed"] == 1
     saved = json.loads((out / "cpu-tradeoff.json").read_text())
