@@ -260,10 +260,11 @@ def plot(t: dict[str, Any], path: Path, title: str) -> bool:
             ax.plot([x for x, _, _ in diff], [y for _, y, _ in diff], "o-", color="tab:blue", label="DiffusionBERT")
             for x, y, r in diff:
                 ax.annotate(f"{r['steps']} steps", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        gpt_markers = iter("*Dsv^")
         for x, y, r in pts:
             if r["model"] == "gpt2":
-                ax.plot([x], [y], "*", ms=14, color="tab:red", label=r["setting"])
-                ax.annotate(r["setting"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+                ax.plot([x], [y], next(gpt_markers, "x"), ms=12, color="tab:red", alpha=0.8, ls="none",
+                        label=r["setting"])
         ax.axhline(t["reference"]["gen_ppl"], color="gray", ls="--", lw=1, label="test sentences")
         ax.set_xscale("log")
         ax.set_yscale("log")
