@@ -25,7 +25,31 @@ from .losses import diffusion_loss
 from .network import DiffusionBert
 from .settings import DiffusionSettings
 
-__all__ = ["elbo_perplexity", "bleu4", "self_bleu", "normalise_references"]
+__all__ = ["sentence_tokens", "whole_only", "elbo_perplexity", "bleu4", "self_bleu", "normalise_references"]
+
+
+def sentence_tokens(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``[N]`` tokens of each ``[CLS] x [SEP] [PAD]...`` row after ``[CLS]``: WordPieces + ``[SEP]``."""
+    return (ids != pad_id).sum(1) - 1
+
+
+def whole_only(split: EncodedSplit) -> tuple[EncodedSplit, int]:
+    """``split`` without its sentences cut at ``max_len``, and how many were dropped.
+
+    A cut sentence would be scored on fewer tokens than its words count and flatter the
+    perplexity per word.
+    """
+    if len(split) == 0:
+        raise ValueError("the evaluation split is empty")
+    if split.whole is None or bool(split.whole.all()):
+        return split, 0
+    skipped = int((~split.whole).sum())
+    if skipped == len(split):
+        raise ValueError(
+            f"every evaluation sentence is longer than the model's max_len ({split.ids.shape[1]} tokens): "
+            "use shorter sentences or a model trained with a longer --max-len"
+        )
+    return type(split)(ids=split.ids[split.whole], words=split.words[split.whole]), skipped
 
 
 @torch.no_grad()
@@ -42,7 +66,11 @@ def elbo_perplexity(
     progress: bool = False,
     backend: str = "auto",
 ) -> dict[str, float]:
-    """NELBO per sentence and per word, and the perplexity bound ``exp(nats per word)``.
+    """NELBO per sentence, per word and per token, and the perplexity bounds ``exp(nats per word)``
+    and ``exp(nats per token)``.
+
+    Tokens are those of :func:`sentence_tokens` (WordPieces + ``[SEP]``, as an autoregressive
+    model predicts them); the NELBO itself also covers the ``[PAD]`` positions of the canvas.
 
     ``samples``: Monte Carlo draws of (t, mask) per sentence (more: less variance). Only whole
     sentences are scored (``split.whole``): one cut at ``max_len`` would be divided by the words
@@ -52,17 +80,7 @@ def elbo_perplexity(
     if samples < 1 or batch_size < 1:
         raise ValueError("samples and batch_size must be >= 1")
     device = next(model.parameters()).device
-    if len(split) == 0:
-        raise ValueError("the evaluation split is empty")
-    skipped = 0
-    if split.whole is not None and not bool(split.whole.all()):
-        skipped = int((~split.whole).sum())
-        if skipped == len(split):
-            raise ValueError(
-                f"every evaluation sentence is longer than the model's max_len ({split.ids.shape[1]} tokens): "
-                "use shorter sentences or a model trained with a longer --max-len"
-            )
-        split = type(split)(ids=split.ids[split.whole], words=split.words[split.whole])
+    split, skipped = whole_only(split)
     n = len(split) if max_sentences is None else min(len(split), max_sentences)
     was_training = model.training
     model.eval()
@@ -87,12 +105,17 @@ def elbo_perplexity(
     nats_sentence = total / (samples * n)
     words = float(split.words[:n].sum())
     nats_word = total / samples / words
+    tokens = float(sentence_tokens(split.ids[:n], settings.special_ids["pad"]).sum())
+    nats_token = total / samples / tokens
     return {
         "sentences": float(n),
         "skipped_truncated": float(skipped),
+        "tokens": tokens,
         "nelbo_per_sentence": nats_sentence,
         "nats_per_word": nats_word,
+        "nats_per_token": nats_token,
         "perplexity": math.exp(min(nats_word, 700.0)),
+        "perplexity_per_token": math.exp(min(nats_token, 700.0)),
     }
 
 
