@@ -6,6 +6,7 @@ Examples::
     python -m bench --device cpu --quick     # smoke run, seconds
     python -m bench --device cuda            # the GPU run (bench/gpu.sh), < 8 min on an H100
     python -m bench --only quality --checkpoint ckpt/  # the paper's Table 3 with a trained model
+    python -m bench --only tradeoff --checkpoint ckpt/ --baseline gpt2/ --judge judge/  # speed vs quality
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 
 import torch
 
-from . import e2e, kernels, quality, report
+from . import e2e, kernels, quality, report, tradeoff
 from .configs import BenchConfig, config_for
 
-SECTIONS = ("kernels", "e2e", "quality")
+SECTIONS = ("kernels", "e2e", "quality", "tradeoff")
+DEFAULT_SECTIONS = ("kernels", "e2e", "quality")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -34,11 +36,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help="comma-separated sections to run (kernels, e2e, quality); default all")
+    p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                   help="comma-separated sections to run (kernels, e2e, quality, tradeoff); default all but tradeoff")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to time (default: every available one on the device)")
     p.add_argument("--checkpoint", default=None, help="trained model for the quality section (dbert_model)")
+    p.add_argument("--baseline", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) for the tradeoff section")
+    p.add_argument("--judge", default=None, help="GPT-2 checkpoint that judges the samples in the tradeoff section")
     p.add_argument("--out", type=Path, default=None,
                    help="results directory (default bench/results, bench/results/quick with --quick)")
     p.add_argument("--budget-s", type=float, default=None,
@@ -149,6 +153,17 @@ def run_quality(cfg: BenchConfig, device: torch.device, checkpoint: str | None, 
     return {"checkpoint": checkpoint, "results": results}
 
 
+def run_tradeoff(args: argparse.Namespace, device: torch.device, bar: Any) -> dict:
+    missing = [f"--{n}" for n in ("checkpoint", "baseline", "judge") if getattr(args, n) is None]
+    if missing:
+        return {"skipped": f"needs {', '.join(missing)} (trained checkpoints; see docs/baseline.md)"}
+    cfg = tradeoff.config_for(device.type, quick=args.quick)
+    res = tradeoff.run_tradeoff(args.checkpoint, args.baseline, args.judge, device, cfg,
+                                progress=lambda s: bar.set_postfix_str(s))
+    bar.update(len(cfg.steps) + len(cfg.gpt_variants))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmarks, write the results, print the tables; returns the results dict."""
     argv = sys.argv[1:] if argv is None else argv
@@ -178,10 +193,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         total += len(ec.tokens) * len(ec.batches) * (len(ec.steps) * len(backends) + len(ec.gpt_variants))
     if "quality" in sections and args.checkpoint:
         total += len(cfg.quality_steps)
+    if "tradeoff" in sections:
+        tc = tradeoff.config_for(device.type, quick=args.quick)
+        total += len(tc.steps) + len(tc.gpt_variants)
     env = report.environment(device)
     res: dict[str, Any] = {
         "schema": 1, "mode": cfg.mode, "command": "python -m bench " + shlex.join(argv), "started": started,
-        "environment": env, "config": cfg.as_dict(), "notes": [report.RANDOM_WEIGHTS_NOTE, *args.note],
+        "environment": env, "config": cfg.as_dict(), "notes": [*([report.RANDOM_WEIGHTS_NOTE] if "e2e" in sections else []), *args.note],
     }
     bar = _bar(total, not args.no_progress)
     try:
@@ -191,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["e2e"] = run_e2e(cfg, device, backends, bar, budget)
         if "quality" in sections:
             res["quality"] = run_quality(cfg, device, args.checkpoint, bar)
+        if "tradeoff" in sections:
+            res["tradeoff"] = run_tradeoff(args, device, bar)
     finally:
         bar.close()
     res["duration_s"] = budget.elapsed()

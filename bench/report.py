@@ -179,9 +179,15 @@ def markdown(res: dict[str, Any], png_name: str | None) -> str:
                      "(the Triton interpreter is not a speed path)")
     lines += [f"- note: {n}" for n in res.get("notes", [])]
     lines += ["", "## Kernels", "", *kernel_lines(res), "", "## End to end: DiffusionBERT against GPT-2", ""]
-    if png_name:
+    if png_name and res.get("e2e"):
         lines += [f"![tokens/s against steps]({png_name})", ""]
     lines += [*e2e_lines(res), "", "## Steps versus time versus quality", "", *quality_lines(res), ""]
+    if "tradeoff" in res:
+        from .tradeoff import lines as tradeoff_lines
+
+        png = png_name if png_name and not res.get("e2e") else None
+        lines += ["## Speed against quality: DiffusionBERT, its GPT-2 baseline and a judge", "",
+                  *tradeoff_lines(res["tradeoff"], png), ""]
     return "\n".join(lines)
 
 
@@ -233,6 +239,11 @@ def write_results(res: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Pat
     paths = {"json": out_dir / f"{tag}.json", "md": out_dir / f"{tag}.md", "png": out_dir / f"{tag}.png"}
     paths["json"].write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
     has_png = plot(res, paths["png"])
+    if not has_png and "tradeoff" in res:
+        from .tradeoff import plot as tradeoff_plot
+
+        has_png = tradeoff_plot(res["tradeoff"], paths["png"], f"DiffusionBERT vs its GPT-2 baseline, "
+                                f"{res['environment']['device_name'][:40]}")
     if not has_png:
         paths.pop("png")
     paths["md"].write_text(markdown(res, paths["png"].name if has_png else None))

@@ -46,6 +46,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ar import ARCHS
     from .settings import HYBRID_CE_SETS, LOSS_NORMS, LOSSES, SCHEDULES, TIME_DESIGNS, TIME_INITS
     from .train import TrainConfig
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None,
                    help="a JSON training configuration (TrainConfig.to_json form); flags given as well override it")
     t.add_argument("--out", default=d.out, help=f"checkpoint directory (default {d.out})")
+    t.add_argument("--arch", choices=ARCHS, default=d.arch,
+                   help="diffusion (DiffusionBERT) or gpt2 (the autoregressive baseline, shaped like --init's BERT)")
     t.add_argument("--data", default=d.data, help="'builtin' or a corpus path (text file, dir with train.txt, saved dataset)")
     t.add_argument("--init", default=d.init, help="minilm (pretrained), scratch, tiny, bert-base, or a local model dir")
     t.add_argument("--tokenizer", default=None, help="tokenizer dir or vocab.txt (default: the init model's / MiniLM's)")
@@ -128,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--show-steps", action="store_true", help="print the canvas after every step (revealed tokens in *stars*)")
 
     e = sub.add_parser("eval", help="ELBO perplexity, BLEU-4 and Self-BLEU",
-                       description="Evaluate a checkpoint: ELBO perplexity per word on held-out data, BLEU-4 of "
-                       "samples against the test set, Self-BLEU among samples.")
+                       description="Evaluate a checkpoint: ELBO perplexity per word on held-out data (exact perplexity "
+                       "for a GPT-2 baseline), BLEU-4 of samples against the test set, Self-BLEU among samples, and with "
+                       "--judge the judge's scores of the samples.")
     e.add_argument("--model", default=None, help="checkpoint directory (default: the cached demo model)")
     e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on)")
     e.add_argument("--split", choices=("valid", "test"), default="test")
@@ -140,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--paper-metrics", action="store_true",
                    help="also Table 2's metrics: the 128-step bound over real tokens, BLEU / Self-BLEU of "
                    "128-step samples as the authors' mean of per-sample scores and pooled")
+    e.add_argument("--judge", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) that scores the samples: "
+                   "generative perplexity, distinct-1/2/3, repetition")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.add_argument("--no-progress", action="store_true")
     _add_sampling(e)
@@ -196,6 +202,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    from .ar import is_ar_checkpoint, load_ar
     from .checkpoint import load_checkpoint, read_trainer_state
     from .demo import demo_model_path, ensure_demo_model
     from .tokenizer import load_tokenizer
@@ -213,6 +220,8 @@ def _load(args: argparse.Namespace) -> Any:
         path = Path(args.model)
         if path == demo_model_path():
             ensure_demo_model()
+    if is_ar_checkpoint(path):
+        return load_ar(path, device=device)
     tokenizer = load_tokenizer(args.tokenizer) if getattr(args, "tokenizer", None) else None
     return load_checkpoint(path, device=device, tokenizer=tokenizer)
 
@@ -247,8 +256,14 @@ def _show_step(tokenizer: Any, mask_id: int) -> Any:
 
 
 def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str], Any]:
+    """Generated ids, their texts, and the sampler's statistics (None for a GPT-2 baseline)."""
+    from .ar import LoadedAR, sample_ar
     from .generation import decode, sample_ids
 
+    if isinstance(loaded, LoadedAR):
+        ids = sample_ar(loaded.model, loaded.settings, loaded.tokenizer, n=n, seq_len=getattr(args, "seq_len", None),
+                        top_k=args.top_k or None, temperature=args.temperature, seed=args.seed)
+        return ids, decode(loaded.tokenizer, ids, loaded.settings), None
     _check_seq_len(loaded, getattr(args, "seq_len", None))
     spindle = loaded.settings.build_schedule().is_spindle and not getattr(args, "sentence_level", False)
     options = {name: getattr(args, name) for name in _DECODING_FLAGS if hasattr(args, name)}
@@ -273,19 +288,31 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"[{i}] {text}")
         if args.show_ids:
             print(f"    ids: {ids[i].tolist()}")
+    if stats is None:  # a GPT-2 baseline: one forward per token with its KV cache
+        print(f"({args.num} x {ids.shape[1]} tokens, GPT-2 with KV cache, {elapsed:.2f} s)", file=sys.stderr)
+        return
     stopped = f", {stats.early_stopped_rows} rows stopped early" if stats.early_stopped_rows else ""
     print(f"({args.num} x {ids.shape[1]} tokens, {args.strategy}, {stats.calls} denoiser calls (at most {args.steps}), "
           f"{stats.calls_per_sequence(args.num):.1f} per sequence{stopped}, {elapsed:.2f} s)", file=sys.stderr)
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from .ar import LoadedAR, ar_perplexity
     from .checkpoint import read_trainer_state
     from .data import encode, load_corpus
     from .evaluate import bleu4, elbo_perplexity, normalise_references, self_bleu
+    from .judge import Judge
+    from .train import resolve_device
 
     if args.samples == 1:
         raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
+    if args.judge and not args.samples:
+        raise ValueError("--judge scores generated samples: give --samples N (N >= 2), not 0")
+    judge = Judge.load(args.judge, device=resolve_device(args.device)) if args.judge else None
     loaded = _load(args)
+    is_ar = isinstance(loaded, LoadedAR)
+    if is_ar and args.paper_metrics:
+        raise ValueError("--paper-metrics scores a DiffusionBERT checkpoint; --model is a GPT-2 baseline")
     data = args.data
     if data is None:
         state = read_trainer_state(loaded.path)
@@ -295,23 +322,29 @@ def _eval(args: argparse.Namespace) -> None:
     if args.max_sentences:
         sentences = sentences[: args.max_sentences]
     split = encode(loaded.tokenizer, sentences, loaded.settings.max_len)
-    info = loaded.token_info().to(next(loaded.model.parameters()).device)
-    results: dict[str, Any] = {"model": str(loaded.path), "data": data, "split": args.split}
-    results.update(elbo_perplexity(
-        loaded.model, loaded.settings, info, split, samples=args.elbo_samples, batch_size=args.batch_size,
-        seed=args.seed, progress=not args.no_progress, backend=args.backend,
-    ))
+    results: dict[str, Any] = {"model": str(loaded.path), "arch": "gpt2" if is_ar else "diffusion", "data": data,
+                               "split": args.split}
+    if is_ar:
+        results.update(ar_perplexity(loaded.model, split, loaded.settings.special_ids["pad"], batch_size=args.batch_size))
+    else:
+        info = loaded.token_info().to(next(loaded.model.parameters()).device)
+        results.update(elbo_perplexity(
+            loaded.model, loaded.settings, info, split, samples=args.elbo_samples, batch_size=args.batch_size,
+            seed=args.seed, progress=not args.no_progress, backend=args.backend,
+        ))
     if args.samples:
         _, texts, _ = _sample(loaded, args, args.samples)
         refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
         results.update({"samples": args.samples, "steps": args.steps, "bleu4": bleu4(texts, refs),
                         "self_bleu4": self_bleu(texts), "example": texts[:3]})
+        if judge is not None:
+            results["judged"] = judge.score(texts)
     if args.paper_metrics:
         from .evaluate import PAPER_STEPS, paper_metrics
 
         texts = refs = None
         if args.samples:
-            _, texts = _sample(loaded, argparse.Namespace(**{**vars(args), "steps": PAPER_STEPS}), args.samples)
+            _, texts, _ = _sample(loaded, argparse.Namespace(**{**vars(args), "steps": PAPER_STEPS}), args.samples)
             refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
         results.update(paper_metrics(
             loaded.model, loaded.settings, info, split, texts, refs, elbo_samples=args.elbo_samples,
@@ -322,16 +355,27 @@ def _eval(args: argparse.Namespace) -> None:
         return
     skipped = int(results["skipped_truncated"])
     note = f"; {skipped} longer than max_len skipped" if skipped else ""
-    r, settings_loss = results, loaded.settings.loss
+    r = results
     print(f"model {r['model']} on {data} ({args.split}, {int(r['sentences'])} whole sentences{note})")
-    print(f"  NELBO bound (T = {r['T']:g} steps, {settings_loss} loss, Monte Carlo x {args.elbo_samples})")
-    print(f"    with [SEP]/[PAD] {r['nelbo_per_sentence']:.2f} nats/sentence, {r['nats_per_word']:.3f} nats/word "
-          f"-> perplexity per word <= {r['perplexity']:.2f}")
-    print(f"    real tokens      {r['nelbo_real_per_sentence']:.2f} nats/sentence, {r['nats_per_wordpiece']:.3f} "
-          f"nats/wordpiece -> perplexity per wordpiece <= {r['ppl_per_wordpiece']:.2f}")
+    if is_ar:
+        print(f"  NLL          {results['nll_per_sentence']:.2f} nats/sentence, {results['nats_per_word']:.3f} nats/word")
+        print(f"  perplexity   {results['perplexity']:.2f} per word, {results['perplexity_per_token']:.2f} per token (exact)")
+    else:
+        print(f"  NELBO bound (T = {r['T']:g} steps, {loaded.settings.loss} loss, Monte Carlo x {args.elbo_samples})")
+        print(f"    with [SEP]/[PAD] {r['nelbo_per_sentence']:.2f} nats/sentence, {r['nats_per_word']:.3f} nats/word "
+              f"-> perplexity per word <= {r['perplexity']:.2f}")
+        print(f"    real tokens      {r['nelbo_real_per_sentence']:.2f} nats/sentence, {r['nats_per_wordpiece']:.3f} "
+              f"nats/wordpiece -> perplexity per wordpiece <= {r['ppl_per_wordpiece']:.2f}")
+        print(f"    per token        {r['nats_per_token']:.3f} nats/token (WordPieces + [SEP], as GPT-2 predicts them) "
+              f"-> perplexity per token <= {r['perplexity_per_token']:.2f}")
     if args.samples:
-        print(f"  BLEU-4       {results['bleu4']:.4f} ({args.samples} samples vs the {args.split} set, {args.steps} steps)")
+        how = "KV cache" if is_ar else f"{args.steps} steps"
+        print(f"  BLEU-4       {results['bleu4']:.4f} ({args.samples} samples vs the {args.split} set, {how})")
         print(f"  Self-BLEU-4  {results['self_bleu4']:.4f}")
+        if args.judge:
+            j = results["judged"]
+            print(f"  judge        generative PPL {j['gen_ppl']:.2f}, distinct-1/2/3 {j['distinct_1']:.3f} / "
+                  f"{j['distinct_2']:.3f} / {j['distinct_3']:.3f}, repetition {j['repetition']:.3f} ({args.judge})")
         for text in results["example"]:
             print(f"  sample: {text}")
     if args.paper_metrics:

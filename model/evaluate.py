@@ -47,12 +47,36 @@ from .network import DiffusionBert
 from .settings import DiffusionSettings
 
 __all__ = [
-    "elbo_perplexity", "bleu4", "self_bleu", "bleu4_mean", "self_bleu_mean", "normalise_references",
-    "discretised", "paper_metrics", "PAPER_STEPS",
+    "sentence_tokens", "whole_only", "elbo_perplexity", "bleu4", "self_bleu", "bleu4_mean", "self_bleu_mean",
+    "normalise_references", "discretised", "paper_metrics", "PAPER_STEPS",
 ]
 
 #: Steps of the paper's Table 2: the bound and the sampler as a 128-step diffusion.
 PAPER_STEPS = 128
+
+
+def sentence_tokens(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``[N]`` tokens of each ``[CLS] x [SEP] [PAD]...`` row after ``[CLS]``: WordPieces + ``[SEP]``."""
+    return (ids != pad_id).sum(1) - 1
+
+
+def whole_only(split: EncodedSplit) -> tuple[EncodedSplit, int]:
+    """``split`` without its sentences cut at ``max_len``, and how many were dropped.
+
+    A cut sentence would be scored on fewer tokens than its words count and flatter the
+    perplexity per word.
+    """
+    if len(split) == 0:
+        raise ValueError("the evaluation split is empty")
+    if split.whole is None or bool(split.whole.all()):
+        return split, 0
+    skipped = int((~split.whole).sum())
+    if skipped == len(split):
+        raise ValueError(
+            f"every evaluation sentence is longer than the model's max_len ({split.ids.shape[1]} tokens): "
+            "use shorter sentences or a model trained with a longer --max-len"
+        )
+    return type(split)(ids=split.ids[split.whole], words=split.words[split.whole]), skipped
 
 
 @torch.no_grad()
@@ -77,6 +101,10 @@ def elbo_perplexity(
     and ``ppl_per_wordpiece`` (real tokens), ``nats_per_word`` and ``perplexity`` (full bound per
     word; ``ppl_per_word`` is the same number).
 
+    ``tokens``, ``nats_per_token`` and ``perplexity_per_token``: the full bound per token of
+    :func:`sentence_tokens` (WordPieces + ``[SEP]``, as an autoregressive model predicts them),
+    for comparison with a GPT-2 baseline's exact perplexity per token.
+
     ``samples``: Monte Carlo draws of (t, mask) per sentence (more: less variance). Only whole
     sentences are scored (``split.whole``): one cut at ``max_len`` would be divided by the words
     of its full text and flatter the perplexity. ``max_sentences`` caps the whole sentences used;
@@ -85,17 +113,7 @@ def elbo_perplexity(
     if samples < 1 or batch_size < 1:
         raise ValueError("samples and batch_size must be >= 1")
     device = next(model.parameters()).device
-    if len(split) == 0:
-        raise ValueError("the evaluation split is empty")
-    skipped = 0
-    if split.whole is not None and not bool(split.whole.all()):
-        skipped = int((~split.whole).sum())
-        if skipped == len(split):
-            raise ValueError(
-                f"every evaluation sentence is longer than the model's max_len ({split.ids.shape[1]} tokens): "
-                "use shorter sentences or a model trained with a longer --max-len"
-            )
-        split = type(split)(ids=split.ids[split.whole], words=split.words[split.whole])
+    split, skipped = whole_only(split)
     n = len(split) if max_sentences is None else min(len(split), max_sentences)
     was_training = model.training
     model.eval()
@@ -124,6 +142,8 @@ def elbo_perplexity(
     nats_word = total / samples / words
     nats_piece = total_real / max(n_real, 1)
     ppl_word = math.exp(min(nats_word, 700.0))
+    tokens = float(sentence_tokens(split.ids[:n], settings.special_ids["pad"]).sum())
+    nats_token = total / samples / tokens
     return {
         "T": float(settings.T),
         "sentences": float(n),
@@ -137,6 +157,9 @@ def elbo_perplexity(
         "nats_per_word": nats_word,
         "ppl_per_word": ppl_word,
         "perplexity": ppl_word,
+        "tokens": tokens,
+        "nats_per_token": nats_token,
+        "perplexity_per_token": math.exp(min(nats_token, 700.0)),
     }
 
 

@@ -20,6 +20,7 @@ import torch
 
 from dbert_kernels import token_information
 
+from .ar import ARCHS, ar_loss, ar_perplexity, build_gpt2, is_ar_checkpoint, load_ar, sample_ar
 from .build import build_masked_lm
 from .checkpoint import (
     OPTIMIZER_FILE,
@@ -44,6 +45,9 @@ __all__ = ["TrainConfig", "TrainResult", "train", "resolve_device", "check_outpu
 class TrainConfig:
     """All switches of a training run (JSON-serialisable; saved in ``trainer_state.json``).
 
+    Architecture: ``arch`` is ``"diffusion"`` (DiffusionBERT) or ``"gpt2"`` (the autoregressive
+    baseline of :mod:`dbert_model.ar`: a GPT-2 shaped like the BERT that ``init`` names, random
+    weights, same tokenizer, data, order and schedule; the diffusion fields are then unused).
     Model: ``init`` is ``"minilm"`` (pretrained MiniLM, head built), ``"scratch"`` (the MiniLM
     architecture with random weights), ``"tiny"`` (2 x 64, for tests and demos), ``"bert-base"``
     (random bert-base size) or a local pretrained directory. ``tokenizer``: a directory or
@@ -64,6 +68,7 @@ class TrainConfig:
     """
 
     out: str = "runs/dbert"
+    arch: str = "diffusion"
     data: str = "builtin"
     init: str = "minilm"
     tokenizer: str | None = None
@@ -251,6 +256,8 @@ class OutputDirError(ValueError):
 
 
 def _check_config(cfg: TrainConfig) -> None:
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {cfg.arch!r}")
     for name in ("batch_size", "max_steps", "eval_every", "save_every", "log_every", "eval_sentences", "grad_accum"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -262,7 +269,8 @@ def _check_config(cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train (or resume) a DiffusionBERT as configured; returns the checkpoint path and history.
+    """Train (or resume) a DiffusionBERT, or its GPT-2 baseline (``cfg.arch``), as configured;
+    returns the checkpoint path and history.
 
     A checkpoint is written to the run directory ``cfg.out`` every ``save_every`` steps and at the
     end; when it holds one and ``cfg.resume`` is true, training continues from it (same settings
@@ -288,7 +296,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     if resuming:
         state = read_trainer_state(out)
         assert state is not None
-        loaded = load_checkpoint(out, device=device)
+        if is_ar_checkpoint(out) != (cfg.arch == "gpt2"):
+            raise ValueError(f"cannot resume {out} with arch {cfg.arch!r}: it holds another architecture; use another --out")
+        loaded = load_ar(out, device=device) if cfg.arch == "gpt2" else load_checkpoint(out, device=device)
         tokenizer, model, settings = loaded.tokenizer, loaded.model, loaded.settings
         if cfg.tokenizer:
             check_vocabulary(settings, load_tokenizer(cfg.tokenizer), where=f"checkpoint {out}")
@@ -306,19 +316,22 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         tokenizer = load_tokenizer(_default_tokenizer_path(cfg))
         settings = cfg.settings(tokenizer)
         torch.manual_seed(cfg.seed)  # random initialisation (scratch, new head, time layers): same on every process
-        mlm = build_masked_lm(_init_source(cfg, settings.vocab_size))
-        if int(mlm.config.vocab_size) != settings.vocab_size:
-            raise VocabularyMismatchError(
-                f"the init model {cfg.init!r} has {mlm.config.vocab_size} vocabulary rows but the tokenizer has "
-                f"{settings.vocab_size} tokens: pass the tokenizer the model was trained with (--tokenizer)"
-            )
-        extra = 1 if settings.time_design == "pte" else 0
-        if settings.max_len + extra > int(getattr(mlm.config, "max_position_embeddings", 10**9)):
-            raise ValueError(
-                f"max_len {settings.max_len} (+{extra} time token) exceeds the model's "
-                f"{mlm.config.max_position_embeddings} positions"
-            )
-        model = DiffusionBert(mlm, settings.time_design, settings.T, time_init=settings.time_init).to(device)
+        if cfg.arch == "gpt2":
+            model = build_gpt2(_init_source(cfg, settings.vocab_size), settings).to(device)
+        else:
+            mlm = build_masked_lm(_init_source(cfg, settings.vocab_size))
+            if int(mlm.config.vocab_size) != settings.vocab_size:
+                raise VocabularyMismatchError(
+                    f"the init model {cfg.init!r} has {mlm.config.vocab_size} vocabulary rows but the tokenizer has "
+                    f"{settings.vocab_size} tokens: pass the tokenizer the model was trained with (--tokenizer)"
+                )
+            extra = 1 if settings.time_design == "pte" else 0
+            if settings.max_len + extra > int(getattr(mlm.config, "max_position_embeddings", 10**9)):
+                raise ValueError(
+                    f"max_len {settings.max_len} (+{extra} time token) exceeds the model's "
+                    f"{mlm.config.max_position_embeddings} positions"
+                )
+            model = DiffusionBert(mlm, settings.time_design, settings.T, time_init=settings.time_init).to(device)
         start_step, history, validation = 0, [], []
 
     with accelerator.main_process_first():  # the main process builds (and caches) the corpus first
@@ -335,7 +348,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     log(
         f"data {corpus.source}: {len(train_split)} train / {len(valid_split)} valid sentences, "
         f"max_len {settings.max_len}; model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
-        f"({cfg.init}, {settings.time_design}, {settings.schedule} schedule, {settings.loss} loss) on {device}"
+        f"({cfg.init}, " + ("GPT-2" if cfg.arch == "gpt2" else f"{settings.time_design}, {settings.schedule} schedule, "
+                             f"{settings.loss} loss") + f") on {device}"
         + (f" x {world} processes" if world > 1 else "")
         + (f", global batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {cfg.batch_size // (world * cfg.grad_accum)}"
            if world * cfg.grad_accum > 1 else "")
@@ -364,6 +378,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
 
     def validate(step: int) -> None:
         if not main:
+            return
+        if cfg.arch == "gpt2":
+            res = ar_perplexity(raw_model, valid_split, settings.special_ids["pad"], batch_size=cfg.batch_size,
+                                max_sentences=cfg.eval_sentences)
+            validation.append({"step": step, **res})
+            log(f"  valid @ {step}: NLL {res['nll_per_sentence']:.2f} nats/sentence, {res['nats_per_word']:.3f} "
+                f"nats/word, PPL {res['perplexity']:.1f} (exact)")
             return
         res = elbo_perplexity(
             raw_model, settings, info, valid_split, batch_size=cfg.batch_size, seed=cfg.seed + 1,
@@ -409,7 +430,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             if step % cfg.eval_every == 0:
                 validate(step)
             if main and cfg.sample_every and step % cfg.sample_every == 0:
-                sampled = sample_ids(raw_model, settings, tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed, progress=False)
+                sampled = (sample_ar(raw_model, settings, tokenizer, n=2, top_k=30, seed=cfg.seed) if cfg.arch == "gpt2"
+                           else sample_ids(raw_model, settings, tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed,
+                                           progress=False))
                 for text in decode(tokenizer, sampled, settings):
                     bar.write(f"  sample: {text}")
             if step % cfg.save_every == 0:
@@ -491,13 +514,15 @@ def _step(
     info: torch.Tensor, cfg: TrainConfig, step: int,
 ) -> tuple[float, float]:
     """One optimiser step on the global batch ``ids`` ``[batch_size, L]``; returns the global batch's
-    (loss, mean CE over masked positions).
+    (loss, mean CE over masked positions). For ``arch="gpt2"`` the loss is the next-token CE of
+    :func:`dbert_model.ar.ar_loss` and the CE is over the predicted tokens (the same number).
 
     The batch is cut into ``grad_accum`` micro-batches, and each of those into one shard per
     process; a process runs forward and backward on its shards only. Times and masks are drawn
     for the whole global batch (keyed on (seed, step)) and each shard's loss keeps the global
     normaliser, so the summed shard losses are the global batch's loss whatever the number of
-    processes; the loss is scaled by the number of processes because DDP averages gradients.
+    processes (the GPT-2 loss likewise: the global batch's predicted tokens are its normaliser); the
+    loss is scaled by the number of processes because DDP averages gradients.
     """
     from contextlib import nullcontext
 
@@ -513,12 +538,17 @@ def _step(
         shard = slice(start, start + per_process)
         sync = nullcontext() if a == cfg.grad_accum - 1 else accelerator.no_sync(model)
         with sync:
-            out = diffusion_loss(
-                model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend,
-                shard=shard,
-            )
-            accelerator.backward(out.loss * world)
-        totals += torch.tensor([float(out.loss.detach()), float(out.ce) * out.n_masked, out.n_masked], dtype=torch.float64)
+            if cfg.arch == "gpt2":  # next-token CE: every predicted token counts as a "masked" position
+                ar = ar_loss(model, ids, settings.special_ids["pad"], shard=shard)
+                loss, ce_sum, counted = ar.loss, float(ar.nll.sum()), float(ar.tokens.sum())
+            else:
+                out = diffusion_loss(
+                    model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend,
+                    shard=shard,
+                )
+                loss, ce_sum, counted = out.loss, float(out.ce) * out.n_masked, float(out.n_masked)
+            accelerator.backward(loss * world)
+        totals += torch.tensor([float(loss.detach()), ce_sum, counted], dtype=torch.float64)
     if world > 1:
         totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
     loss, ce_sum, n_masked = totals.tolist()

@@ -72,3 +72,27 @@ def test_the_recipe_config_file_sets_the_train_defaults_and_flags_override_it(tm
         main(["train", "--config", str(bad)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--config" in err and "loss" in err
+
+
+def test_gpt2_baseline_and_judge_through_the_cli(tmp_path, capsys) -> None:
+    common = ["--data", str(CORPUS), "--tokenizer", str(VOCAB), "--init", "tiny", "--max-len", "16", "--batch-size",
+              "16", "--steps", "4", "--eval-every", "4", "--eval-sentences", "8", "--log-every", "2", "--lr", "3e-3",
+              "--warmup", "1", "--no-progress"]
+    gpt, bert = tmp_path / "gpt", tmp_path / "bert"
+    assert main(["train", "--arch", "gpt2", "--out", str(gpt), *common]) == 0
+    assert "(exact)" in capsys.readouterr().out
+    assert main(["train", "--out", str(bert), *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(gpt), "--samples", "4", "--judge", str(gpt), "--no-progress", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["arch"] == "gpt2" and res["perplexity_per_token"] > 1 and 0 <= res["bleu4"] <= 1
+    assert res["judged"]["texts"] == 4 and res["judged"]["gen_ppl"] > 1
+    assert main(["eval", "--model", str(bert), "--steps", "4", "--samples", "4", "--judge", str(gpt), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "ELBO bound" in text and "judge        generative PPL" in text
+    assert main(["eval", "--model", str(bert), "--judge", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "judge not found" in capsys.readouterr().err
+    assert main(["eval", "--model", str(bert), "--judge", str(bert), "--no-progress"]) == 2
+    assert "not a GPT-2 checkpoint" in capsys.readouterr().err
+    assert main(["generate", "--model", str(gpt), "-n", "2", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("[0] ")
