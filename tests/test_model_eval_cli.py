@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+from dbert_model.checkpoint import resolve_checkpoint
 from dbert_model.cli import main
 
 from .model_fixtures import CORPUS, VOCAB
@@ -16,7 +17,7 @@ def test_eval_reports_every_normalisation_and_the_paper_metrics(tmp_path, capsys
                  "--max-len", "16", "--batch-size", "16", "--steps", "2", "--eval-every", "2", "--eval-sentences", "4",
                  "--log-every", "1", "--warmup", "1", "--hybrid-ce", "all", "--loss-norm", "sentence",
                  "--time-init", "zero", "--time-design", "lte", "--no-progress"]) == 0
-    settings = json.loads((out / "dbert.json").read_text())
+    settings = json.loads((resolve_checkpoint(out) / "dbert.json").read_text())
     assert (settings["hybrid_ce"], settings["loss_norm"], settings["time_init"]) == ("all", "sentence", "zero")
     capsys.readouterr()
     assert main(["eval", "--model", str(out), "--steps", "4", "--samples", "4", "--max-sentences", "8",
