@@ -1,8 +1,8 @@
 """Where the Triton tests run: the CPU under the interpreter (small shapes) or a CUDA GPU.
 
-Each Triton test is parametrised over :data:`DEVICES`; the ``cpu`` case carries the
-``interpreter`` marker and small, ragged shapes (the interpreter is slow), the ``cuda`` case the
-``cuda`` marker and production shapes (V = 30522, thousands of rows).
+Each Triton-only test is parametrised over :data:`DEVICES`; the ``cpu`` case carries the
+``interpreter`` marker and small shapes (the interpreter is slow), the ``cuda`` case the ``cuda``
+marker. The suites of every backend use :mod:`tests.backends_under_test` instead.
 """
 
 from __future__ import annotations
@@ -27,7 +27,3 @@ def require_triton(device: str) -> torch.device:
         pytest.skip(f"the triton backend does not run on {device} here (set TRITON_INTERPRET=1 for the CPU)")
     return torch.device(device)
 
-
-def shapes(device: str, cpu: list, cuda: list) -> list:
-    """The shape list of a test for ``device``."""
-    return cpu if device == "cpu" else cuda
