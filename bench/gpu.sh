@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU command: CUDA correctness tests, then kernel timings, then end to end vs GPT-2.
+# The one GPU command: CUDA correctness tests, then kernel timings, then end to end vs GPT-2, then
+# (with TRADEOFF_RUNS=DIR of trained checkpoints) speed against quality vs the GPT-2 baseline.
 # Sized for at most 8 minutes on an H100: each part has a time budget (enforced with `timeout`),
 # and a part whose budget no longer fits in what is left of the total is skipped and listed.
 # Results (named after the card) go to bench/results/. Needs only what the GPU machines have
@@ -15,9 +16,10 @@ TOTAL_S=${GPU_TOTAL_S:-480}
 # part name | budget in seconds | command
 PARTS=(
   "install|60|$PY -c 'import dbert_kernels, dbert_model' 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e ."
-  "cuda-tests|170|$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_triton_stats.py tests/test_backends_equivalence.py"
-  "kernel-timings|90|$PY -m bench.kernels --out $OUT"
-  "end-to-end|150|$PY -m bench --device cuda --only e2e --no-progress --budget-s 120 --out $OUT"
+  "cuda-tests|160|$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py"
+  "kernel-timings|80|$PY -m bench.kernels --out $OUT"
+  "end-to-end|110|$PY -m bench --device cuda --only e2e --no-progress --budget-s 90 --out $OUT"
+  "tradeoff|60|if [ -z \"\${TRADEOFF_RUNS:-}\" ]; then echo 'tradeoff: set TRADEOFF_RUNS=DIR (diffusion/, gpt2/, judge/ from bash bench/tradeoff.sh) to run it'; else $PY -m bench --device cuda --only tradeoff --no-progress --out $OUT --checkpoint \$TRADEOFF_RUNS/diffusion --baseline \$TRADEOFF_RUNS/gpt2 --judge \$TRADEOFF_RUNS/judge; fi"
 )
 
 plan() {
