@@ -10,19 +10,10 @@ import dbert_kernels as dk
 
 from .backends_under_test import require_backend
 
-#: Rules that the Triton kernel does not follow yet (remove the mark once it does: strict, so a
-#: kernel that follows the rule makes the test fail until the mark goes).
-TRITON_PENDING = pytest.mark.xfail(strict=True, reason="the Triton kernel does not follow this rule yet")
-
 ALL = [
     "reference",
     pytest.param("native", marks=pytest.mark.native),
     pytest.param("triton", marks=pytest.mark.interpreter),
-]
-ALL_PENDING = [
-    "reference",
-    pytest.param("native", marks=pytest.mark.native),
-    pytest.param("triton", marks=[pytest.mark.interpreter, TRITON_PENDING]),
 ]
 
 
@@ -121,7 +112,7 @@ def test_temperature_whose_inverse_overflows_is_greedy(backend):
     assert bool(torch.isfinite(tiny[1]).all())
 
 
-@pytest.mark.parametrize("backend", ALL_PENDING)
+@pytest.mark.parametrize("backend", ALL)
 def test_tiny_temperature_with_large_logits_picks_the_argmax(backend):
     _need(backend)
     x = _logits(6, 64, 6, scale=1e30)
@@ -129,7 +120,7 @@ def test_tiny_temperature_with_large_logits_picks_the_argmax(backend):
     assert torch.equal(tok, x.argmax(dim=1)) and torch.equal(conf, torch.ones(6))
 
 
-@pytest.mark.parametrize("backend", ALL_PENDING)
+@pytest.mark.parametrize("backend", ALL)
 def test_logits_near_float32_max_give_finite_confidence(backend):
     _need(backend)
     x = torch.tensor([[3e38, 3e38 * 0.999, -3e38, 0.0], [1.0, 3e38, 2.0, -1.0]])
@@ -166,7 +157,7 @@ def test_schedule_rejects_non_numbers(kw):
 
 
 # -- the top-p boundary -----------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ALL_PENDING)
+@pytest.mark.parametrize("backend", ALL)
 def test_top_p_boundary_is_decided_exactly(backend):
     """Mass strictly above id 1 is 0.98999987 < float32(0.99): id 1 is kept (about 1% of draws)."""
     _need(backend)
@@ -177,7 +168,7 @@ def test_top_p_boundary_is_decided_exactly(backend):
     assert torch.equal(tok, want) and torch.equal(conf, want_conf)
 
 
-@pytest.mark.parametrize("backend", ALL_PENDING)
+@pytest.mark.parametrize("backend", ALL)
 def test_top_p_ties_and_boundaries_match_reference(backend):
     _need(backend)
     g = torch.Generator().manual_seed(12)
@@ -191,7 +182,7 @@ def test_top_p_ties_and_boundaries_match_reference(backend):
 
 
 # -- validate=False and rows that cannot be sampled -------------------------------------------
-@pytest.mark.parametrize("backend", ALL_PENDING)
+@pytest.mark.parametrize("backend", ALL)
 def test_unsampleable_rows_give_minus_one_and_nan_without_validation(backend):
     _need(backend)
     x = _logits(6, 30, 8)
@@ -234,7 +225,7 @@ def test_tensor_seed_and_offset_equal_ints(backend):
 
 
 # -- accuracy at low temperature --------------------------------------------------------------
-@pytest.mark.parametrize("backend", ALL_PENDING)
+@pytest.mark.parametrize("backend", ALL)
 def test_confidence_is_accurate_at_low_temperature(backend):
     _need(backend)
     x = _logits(64, 3001, 13, scale=3.0)

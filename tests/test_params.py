@@ -17,9 +17,7 @@ from dbert_kernels.params import SamplingParams
 from .backends_under_test import require_backend
 
 CPU_BACKENDS = ["reference", pytest.param("native", marks=pytest.mark.native)]
-#: The Triton kernel does not return the margin yet (strict: remove the mark once it does).
-TRITON_PENDING = pytest.mark.xfail(strict=True, reason="the Triton kernel does not follow this rule yet")
-ALL_BACKENDS = CPU_BACKENDS + [pytest.param("triton", marks=[pytest.mark.interpreter, TRITON_PENDING])]
+ALL_BACKENDS = CPU_BACKENDS + [pytest.param("triton", marks=pytest.mark.interpreter)]
 
 
 def _need(backend: str) -> None:
