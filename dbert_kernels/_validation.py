@@ -19,8 +19,6 @@ LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 #: row_index values are the second Philox counter word: they must lie in [0, 2**32).
 ROW_INDEX_LIMIT = 2**32
-_U64 = 2**64
-_U32 = 2**32
 
 IdsLike = Sequence[int] | torch.Tensor | None
 
@@ -29,36 +27,35 @@ def _is_int_scalar_tensor(x: object) -> bool:
     return isinstance(x, torch.Tensor) and x.dim() == 0 and x.dtype in INT_DTYPES
 
 
+def _check_counter_word(value: int | torch.Tensor, name: str, bits: int, check_tensor_value: bool) -> int | torch.Tensor:
+    """``value`` is an int in [0, 2**bits) or a 0-d integer tensor (whose value is checked only when
+    ``check_tensor_value``: a host synchronisation)."""
+    bound = f"[0, 2**{bits})"
+    if isinstance(value, torch.Tensor):
+        if not _is_int_scalar_tensor(value):
+            raise TypeError(
+                f"a tensor {name} must be a 0-d integer tensor, got {value.dtype} of shape {tuple(value.shape)}"
+            )
+        if check_tensor_value and value.device.type != "meta" and not 0 <= int(value) < 1 << bits:
+            raise ValueError(f"{name} must lie in {bound}, got {int(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a Python int in {bound} or a 0-d integer tensor, got {type(value).__name__}")
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{name} must lie in {bound}, got {value}")
+    return value
+
+
 def check_seed(seed: int | torch.Tensor) -> int | torch.Tensor:
     """A seed is a Python int in [0, 2**64), or a 0-d integer tensor on any device (read as the
     64-bit pattern of its int64 value, so it needs no range check and no host synchronisation)."""
-    if isinstance(seed, torch.Tensor):
-        if not _is_int_scalar_tensor(seed):
-            raise TypeError(f"a tensor seed must be a 0-d integer tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be a Python int in [0, 2**64) or a 0-d integer tensor, got {type(seed).__name__}")
-    if not 0 <= seed < _U64:
-        raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
-    return seed
+    return _check_counter_word(seed, "seed", 64, check_tensor_value=False)
 
 
 def check_offset(offset: int | torch.Tensor, validate: bool = True) -> int | torch.Tensor:
     """An offset (the fourth Philox counter word, e.g. the step) is an int in [0, 2**32), or a 0-d
     integer tensor whose value is checked only when ``validate`` (a host synchronisation)."""
-    if isinstance(offset, torch.Tensor):
-        if not _is_int_scalar_tensor(offset):
-            raise TypeError(
-                f"a tensor offset must be a 0-d integer tensor, got {offset.dtype} of shape {tuple(offset.shape)}"
-            )
-        if validate and offset.device.type != "meta" and not 0 <= int(offset) < _U32:
-            raise ValueError(f"offset must lie in [0, 2**32), got {int(offset)}")
-        return offset
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be a Python int in [0, 2**32) or a 0-d integer tensor, got {type(offset).__name__}")
-    if not 0 <= offset < _U32:
-        raise ValueError(f"offset must lie in [0, 2**32), got {offset}")
-    return offset
+    return _check_counter_word(offset, "offset", 32, check_tensor_value=validate)
 
 
 def check_not_meta(x: torch.Tensor, name: str) -> None:

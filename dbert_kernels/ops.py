@@ -7,6 +7,8 @@ reference), or a name from :data:`dbert_kernels.backends.BACKENDS` to force one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from . import reference
@@ -214,31 +216,19 @@ def sample_absorbing(
     return out
 
 
-def sample(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    banned_ids: IdsLike = None,
-    seed: SeedLike = 0,
-    offset: SeedLike = 0,
-    row_index: torch.Tensor | None = None,
-    return_entropy: bool = False,
-    return_margin: bool = False,
-    validate: bool = True,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, ...]:
+def sample(logits: torch.Tensor, **options: Any) -> tuple[torch.Tensor, ...]:
     """Draw one token per row of ``logits`` [R, V]: ``(tokens [R] int64, confidence [R] float32)``
     followed by ``entropy`` and ``margin`` when asked for.
 
-    :func:`sample_absorbing` with every row masked and revealed; see it for the arguments.
+    :func:`sample_absorbing` with every row masked and revealed; it takes that function's keyword
+    arguments but ``mask_id`` and ``unmask_prob`` (``temperature``, ``top_k``, ``top_p``,
+    ``banned_ids``, ``seed``, ``offset``, ``row_index``, ``return_entropy``, ``return_margin``,
+    ``validate``, ``backend``), with the same defaults.
     """
-    return sample_absorbing(
-        logits, None, temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned_ids,
-        seed=seed, offset=offset, row_index=row_index, return_entropy=return_entropy,
-        return_margin=return_margin, validate=validate, backend=backend,
-    )
+    for name in ("mask_id", "unmask_prob"):
+        if name in options:
+            raise TypeError(f"sample() takes no {name!r}: every row is sampled; use sample_absorbing")
+    return sample_absorbing(logits, None, **options)
 
 
 def unmask_decision(

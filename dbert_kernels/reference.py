@@ -75,12 +75,7 @@ _CHUNK_ELEMENTS = 1 << 22
 
 
 def keep_probability(
-    ids: torch.Tensor,
-    base: torch.Tensor,
-    amp: torch.Tensor,
-    info: torch.Tensor,
-    protected: torch.Tensor,
-    form: str,
+    ids: torch.Tensor, base: torch.Tensor, amp: torch.Tensor, info: torch.Tensor, protected: torch.Tensor, form: str
 ) -> torch.Tensor:
     """Per-token keep probability ``[B, L]`` float32 (protected positions get 1).
 

@@ -37,3 +37,25 @@ def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float =
 def bonferroni_alpha(alpha: float, tests: int) -> float:
     """Per-test significance level for ``tests`` comparisons at family-wise level ``alpha``."""
     return alpha / max(tests, 1)
+
+
+def filtered_distribution(
+    logits: torch.Tensor, banned: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
+    """The float64 distribution ``[R, V]`` that sampling draws from, computed independently of the
+    package: banned ids removed, top-k, softmax at ``temperature``, then top-p (nucleus) renormalised."""
+    x = logits.double().masked_fill(banned, float("-inf"))
+    if top_k:
+        x = x.masked_fill(x < torch.topk(x, top_k, dim=1).values[:, -1:], float("-inf"))
+    p = torch.softmax(x / temperature, dim=1)
+    if top_p:
+        sp, order = torch.sort(p, dim=1, descending=True)
+        drop = (torch.cumsum(sp, 1) - sp) >= top_p
+        p = p.scatter(1, order, sp.masked_fill(drop, 0.0))
+        p = p / p.sum(1, keepdim=True)
+    return p
+
+
+def entropy_of(p: torch.Tensor) -> torch.Tensor:
+    """Entropy ``[R]`` (nats) of each row of the distribution ``p`` ``[R, V]``."""
+    return -(p * torch.log(p.clamp_min(1e-300))).sum(1)

@@ -15,6 +15,7 @@ import dbert_kernels as dk
 from dbert_kernels.params import SamplingParams
 
 from .backends_under_test import require_backend
+from .stats import entropy_of, filtered_distribution
 
 CPU_BACKENDS = ["reference", pytest.param("native", marks=pytest.mark.native)]
 ALL_BACKENDS = CPU_BACKENDS + [pytest.param("triton", marks=pytest.mark.interpreter)]
@@ -135,16 +136,7 @@ def test_entropy_matches_float64_filtered_distribution(backend):
             x, temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned, seed=5,
             return_entropy=True, return_margin=True, backend=backend,
         )
-        z = x.double().masked_fill(banned, float("-inf"))
-        if top_k:
-            z = z.masked_fill(z < torch.topk(z, top_k, dim=1).values[:, -1:], float("-inf"))
-        p = torch.softmax(z / temperature, dim=1)
-        if top_p:
-            sp, order = torch.sort(p, dim=1, descending=True)
-            drop = (torch.cumsum(sp, 1) - sp) >= top_p
-            p = p.scatter(1, order, sp.masked_fill(drop, 0.0))
-            p = p / p.sum(1, keepdim=True)
-        want = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
-        torch.testing.assert_close(ent.double(), want, rtol=1e-5, atol=1e-6)
+        p = filtered_distribution(x, banned, temperature, top_k, top_p)
+        torch.testing.assert_close(ent.double(), entropy_of(p), rtol=1e-5, atol=1e-6)
         top2 = torch.topk(p, 2, dim=1).values
         torch.testing.assert_close(margin.double(), top2[:, 0] - top2[:, 1], rtol=1e-5, atol=1e-6)

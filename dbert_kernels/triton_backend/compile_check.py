@@ -29,6 +29,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from ..schedules import SPINDLE_FORM_CODES  # noqa: E402
 from . import masking, sampling, unmask  # noqa: E402
 
 _SAMPLE_COMMON = {
@@ -68,7 +69,7 @@ def _variants(quick: bool, production: bool = False):
         consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp,
                       WITH_ENTROPY=False, WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=2048)
         yield "sample_streamed", sampling._sample_kernel, _STREAMED_SIG, consts, 8, False
-    for form in masking.FORMS.values():
+    for form in SPINDLE_FORM_CODES.values():
         yield "spindle_mask", masking._spindle_mask_kernel, _MASK_SIG, dict(FORM=form, BLOCK_L=512), 4, False
     for gumbel in (False, True):
         yield "topk_unmask", unmask._topk_unmask_kernel, _UNMASK_SIG, dict(USE_GUMBEL=gumbel, BLOCK_L=512), 4, False

@@ -16,9 +16,6 @@ from ..schedules import SPINDLE_CODE_CLIP
 from .launch import LAUNCH_OPTIONS, block_size
 from .noise import philox_block, uniform_from_bits
 
-#: Integer codes of the ``form`` argument (``"none"``, ``"code"``, ``"paper"``).
-FORMS = {"none": 0, "code": 1, "paper": 2}
-
 STREAM_MASK = tl.constexpr(rnd.STREAM_MASK)
 CODE_CLIP = tl.constexpr(SPINDLE_CODE_CLIP)
 
@@ -84,7 +81,8 @@ def launch_spindle_mask(
     """Launch the masking kernel; see :func:`dbert_kernels.reference.spindle_mask`.
 
     ``ids`` [B, L] int, ``base``/``amp`` [B] float32, ``info`` [V] float32, ``protected`` [V]
-    bool, ``rng`` [2] int64 (seed bits, offset) on the same device; ``form`` a :data:`FORMS` code.
+    bool, ``rng`` [2] int64 (seed bits, offset) on the same device; ``form`` a code of
+    :data:`~dbert_kernels.schedules.SPINDLE_FORM_CODES`.
     """
     ids = ids.contiguous()
     batch, length = ids.shape
@@ -101,19 +99,10 @@ def launch_spindle_mask(
     return noised, masked
 
 
-@torch.library.custom_op("dbert_kernels::triton_spindle_mask", mutates_args=())
-def triton_spindle_mask(
-    ids: torch.Tensor,
-    base: torch.Tensor,
-    amp: torch.Tensor,
-    info: torch.Tensor,
-    protected: torch.Tensor,
-    rng: torch.Tensor,
-    form: int,
-    mask_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masking: ``(noised ids [B, L], masked [B, L] bool)``; ``form`` a :data:`FORMS` code."""
-    return launch_spindle_mask(ids, base, amp, info, protected, rng, form, mask_id)
+#: The launcher as the ``torch.library`` op ``dbert_kernels::triton_spindle_mask``.
+triton_spindle_mask = torch.library.custom_op("dbert_kernels::triton_spindle_mask", mutates_args=())(
+    launch_spindle_mask
+)
 
 
 @triton_spindle_mask.register_fake

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .. import random as rnd
+from .._kernel_backend import empty_sample_outputs
 from .launch import INTERPRETED, LAUNCH_OPTIONS, block_size
 from .noise import (
     INT32_MAX,
@@ -499,20 +500,19 @@ def launch_sample(
     with_margin: bool,
     resident: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch a sampling kernel; returns (tokens [R] int64, confidence, entropy, margin).
+    """Launch a sampling kernel; returns (tokens [R] int64, confidence [R], entropy, margin).
 
-    ``top_k <= 0`` or ``>= V`` disables top-k, ``top_p >= 1`` disables top-p; ``entropy`` and
-    ``margin`` are ``[R]`` float32 when asked for, else empty. ``resident`` picks the kernel
-    (None: the resident one whenever the row fits, see :func:`resident_block`).
+    ``inv_temperature`` is ``1 / T`` (1 when greedy), rounded to float32 by the kernel like the
+    reference's ``torch.tensor(1 / T, dtype=float32)``; ``top_k <= 0`` or ``>= V`` disables top-k,
+    ``top_p >= 1`` disables top-p; ``entropy`` and ``margin`` are ``[R]`` float32 when asked for,
+    else empty. ``resident`` picks the kernel (None: the resident one whenever the row fits, see
+    :func:`resident_block`).
     """
     n_rows, vocab = logits.shape
     device = logits.device
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    tokens = torch.empty(n_rows, dtype=torch.int64, device=device)
-    conf = torch.empty(n_rows, dtype=torch.float32, device=device)
-    entropy = torch.empty(n_rows if with_entropy else 0, dtype=torch.float32, device=device)
-    margin = torch.empty(n_rows if with_margin else 0, dtype=torch.float32, device=device)
+    tokens, conf, entropy, margin = empty_sample_outputs(logits, with_entropy, with_margin)
     if n_rows == 0:
         return tokens, conf, entropy, margin
     use_topk = 0 < top_k < vocab
@@ -557,40 +557,12 @@ def resident_warps(block: int) -> int:
     return max(4, min(32, block // (32 * 32)))
 
 
-@torch.library.custom_op("dbert_kernels::triton_sample", mutates_args=())
-def triton_sample(
-    logits: torch.Tensor,
-    ids: torch.Tensor | None,
-    unmask_prob: torch.Tensor,
-    banned: torch.Tensor,
-    row_index: torch.Tensor,
-    rng: torch.Tensor,
-    mask_id: int,
-    inv_temperature: float,
-    greedy: bool,
-    top_k: int,
-    top_p: float,
-    with_entropy: bool,
-    with_margin: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sampling: ``(tokens [R] int64, confidence [R], entropy [R] or [0], margin [R] or [0])``.
-
-    ``inv_temperature`` is ``1 / T`` (1 when greedy), rounded to float32 by the kernel like the
-    reference's ``torch.tensor(1 / T, dtype=float32)``; ``top_k <= 0`` and ``top_p >= 1`` are off.
-    """
-    return launch_sample(
-        logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_temperature, greedy,
-        top_k, top_p, with_entropy, with_margin,
-    )
+#: The launcher as the ``torch.library`` op ``dbert_kernels::triton_sample`` (``torch.compile``
+#: traces the fake below instead of the launch).
+triton_sample = torch.library.custom_op("dbert_kernels::triton_sample", mutates_args=())(launch_sample)
 
 
 @triton_sample.register_fake
 def _(logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_temperature, greedy, top_k, top_p,
-      with_entropy, with_margin):
-    rows = logits.shape[0]
-    return (
-        logits.new_empty(rows, dtype=torch.int64),
-        logits.new_empty(rows, dtype=torch.float32),
-        logits.new_empty(rows if with_entropy else 0, dtype=torch.float32),
-        logits.new_empty(rows if with_margin else 0, dtype=torch.float32),
-    )
+      with_entropy, with_margin, resident=None):
+    return empty_sample_outputs(logits, with_entropy, with_margin)

@@ -103,18 +103,10 @@ def launch_topk_unmask(
     return out
 
 
-@torch.library.custom_op("dbert_kernels::triton_topk_unmask", mutates_args=())
-def triton_topk_unmask(
-    ids: torch.Tensor,
-    candidates: torch.Tensor,
-    confidence: torch.Tensor,
-    k: torch.Tensor,
-    rng: torch.Tensor,
-    mask_id: int,
-    gumbel_temperature: float,
-) -> torch.Tensor:
-    """Top-k unmasking: new ids ``[B, L]`` (``k`` [B] int64, ``confidence`` float32)."""
-    return launch_topk_unmask(ids, candidates, confidence, k, rng, mask_id, gumbel_temperature)
+#: The launcher as the ``torch.library`` op ``dbert_kernels::triton_topk_unmask``.
+triton_topk_unmask = torch.library.custom_op("dbert_kernels::triton_topk_unmask", mutates_args=())(
+    launch_topk_unmask
+)
 
 
 @triton_topk_unmask.register_fake
