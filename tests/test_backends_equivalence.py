@@ -22,6 +22,7 @@ from dbert_kernels import reference as ref
 from dbert_kernels.backends import resolve_backend
 from dbert_kernels.params import SamplingParams
 from tests.backends_under_test import backend_device_params, require_backend, shapes
+from tests.stats import entropy_of, filtered_distribution
 
 pytestmark = [
     pytest.mark.parametrize("backend, device", backend_device_params()),
@@ -224,16 +225,7 @@ def test_entropy_matches_filtered_distribution(backend: str, dev: torch.device) 
         params = SamplingParams.create(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned,
                                        with_entropy=True)
         _, _, ent, _ = impl.sample(logits, None, prob, row_index, -1, params, 5, 0)
-        x = logits.double().masked_fill(banned, float("-inf"))
-        if top_k:
-            x = x.masked_fill(x < torch.topk(x, top_k, dim=1).values[:, -1:], float("-inf"))
-        p = torch.softmax(x / temperature, dim=1)
-        if top_p:
-            sp, order = torch.sort(p, dim=1, descending=True)
-            drop = (torch.cumsum(sp, 1) - sp) >= top_p
-            p = p.scatter(1, order, sp.masked_fill(drop, 0.0))
-            p = p / p.sum(1, keepdim=True)
-        want = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+        want = entropy_of(filtered_distribution(logits, banned, temperature, top_k, top_p))
         torch.testing.assert_close(ent.double(), want, rtol=1e-4, atol=1e-5)
 
 
