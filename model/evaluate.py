@@ -196,20 +196,17 @@ def paper_metrics(
     references: Sequence[str] | None = None,
     *,
     elbo_samples: int = 1,
-    batch_size: int = 64,
-    seed: int = 0,
-    max_sentences: int | None = None,
-    progress: bool = False,
-    backend: str = "auto",
+    **elbo_options: Any,
 ) -> dict[str, float]:
     """Table 2's metrics: the 128-step bound over real tokens, and BLEU / Self-BLEU both ways.
 
     ``samples``: texts generated with :data:`PAPER_STEPS` steps (BLEU is skipped without them);
     ``references``: the normalised test sentences. Keys are prefixed ``paper_``.
+    ``elbo_samples`` and ``elbo_options`` (``batch_size``, ``seed``, ``max_sentences``,
+    ``progress``, ``backend``) go to :func:`elbo_perplexity` of the 128-step model.
     """
     net, s128 = discretised(model, settings, PAPER_STEPS)
-    e = elbo_perplexity(net, s128, token_info, split, samples=elbo_samples, batch_size=batch_size, seed=seed,
-                        max_sentences=max_sentences, progress=progress, backend=backend)
+    e = elbo_perplexity(net, s128, token_info, split, samples=elbo_samples, **elbo_options)
     out = {
         "paper_T": e["T"], "paper_nelbo_per_sentence": e["nelbo_real_per_sentence"],
         "paper_nats_per_wordpiece": e["nats_per_wordpiece"], "paper_ppl_per_wordpiece": e["ppl_per_wordpiece"],
