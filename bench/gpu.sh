@@ -16,7 +16,7 @@ TOTAL_S=${GPU_TOTAL_S:-480}
 # part name | budget in seconds | command
 PARTS=(
   "install|60|$PY -c 'import dbert_kernels, dbert_model' 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e ."
-  "cuda-tests|160|$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py"
+  "cuda-tests|160|$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_compile.py"
   "kernel-timings|80|$PY -m bench.kernels --out $OUT"
   "end-to-end|110|$PY -m bench --device cuda --only e2e --no-progress --budget-s 90 --out $OUT"
   "tradeoff|60|if [ -z \"\${TRADEOFF_RUNS:-}\" ]; then echo 'tradeoff: set TRADEOFF_RUNS=DIR (diffusion/, gpt2/, judge/ from bash bench/tradeoff.sh) to run it'; else $PY -m bench --device cuda --only tradeoff --no-progress --out $OUT --checkpoint \$TRADEOFF_RUNS/diffusion --baseline \$TRADEOFF_RUNS/gpt2 --judge \$TRADEOFF_RUNS/judge; fi"

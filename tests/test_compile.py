@@ -16,10 +16,10 @@ import dbert_kernels as dk
 from .backends_under_test import require_backend
 
 
-def _step(logits, ids, prob, seed, offset, backend):
+def _step(logits, ids, prob, seed, offset, backend, banned=(0, 1)):
     return dk.sample_absorbing(
         logits, ids, mask_id=3, unmask_prob=prob, temperature=0.8, top_k=20, top_p=0.9,
-        banned_ids=(0, 1), seed=seed, offset=offset, return_entropy=True, return_margin=True,
+        banned_ids=banned, seed=seed, offset=offset, return_entropy=True, return_margin=True,
         validate=False, backend=backend,
     )
 
@@ -48,3 +48,32 @@ def test_sampling_step_compiles_fullgraph_with_tensor_seed(backend):
         assert torch.equal(got[0], want[0])
         for a, b in zip(got[1:], want[1:], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.cuda
+def test_public_sampling_step_is_captured_in_a_cuda_graph():
+    """The public op (Triton on CUDA) with device seed / offset tensors, a device bool mask of
+    banned ids and ``validate=False`` records into a CUDA graph (no host copy or sync inside);
+    replays with new offsets equal the eager calls."""
+    dev = require_backend("triton", "cuda")
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(4096, 30522, generator=g) * 2).to(device=dev, dtype=torch.bfloat16)
+    ids = torch.randint(4, 30522, (4096,), generator=g).to(dev)
+    ids[::2] = 3
+    prob = torch.full((4096,), 0.7, device=dev)
+    seed_t = torch.tensor(7, dtype=torch.int64, device=dev)
+    offset_t = torch.tensor(0, dtype=torch.int64, device=dev)
+    banned = torch.zeros(30522, dtype=torch.bool, device=dev)
+    banned[:2] = True
+    _step(logits, ids, prob, seed_t, offset_t, "triton", banned)  # compile the kernels before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = _step(logits, ids, prob, seed_t, offset_t, "triton", banned)
+    for offset in (3, 4):
+        offset_t.fill_(offset)
+        graph.replay()
+        want = _step(logits, ids, prob, 7, offset, "triton", banned)
+        assert torch.equal(static[0], want[0])
+        for a, b in zip(static[1:], want[1:], strict=True):
+            torch.testing.assert_close(a, b, equal_nan=True)
