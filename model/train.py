@@ -211,6 +211,10 @@ def _batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tenso
     return perm[index * batch_size : (index + 1) * batch_size]
 
 
+#: Prefix of the temporary file that checks a run directory is writable.
+_WRITE_TEST_PREFIX = ".write-test-"
+
+
 def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
     """Check that the run directory ``out`` may be written, before any training; create it.
 
@@ -235,7 +239,9 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
             "resumed: choose another --out"
         )
     if out.is_dir() and not holds and not overwrite:
-        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith((".tmp-", ".trash-", LATEST_FILE)))
+        # our own leftovers (and, under a multi-process launch, another process's write test) are not foreign
+        ours = (".tmp-", ".trash-", _WRITE_TEST_PREFIX, LATEST_FILE)
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(ours))
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise OutputDirError(
@@ -244,7 +250,7 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=out, prefix=_WRITE_TEST_PREFIX):
             pass
     except OSError as exc:
         raise OutputDirError(f"--out {out} cannot be written ({exc.strerror or exc}): choose another --out") from exc

@@ -82,7 +82,9 @@ def test_two_processes_train_like_one_and_resume_a_one_process_checkpoint(tmp_pa
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
          json.dumps(runs)], capture_output=True, text=True, env=env, timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first_rank0 = next((i for i, line in enumerate(proc.stderr.splitlines()) if "[rank0]" in line), None)
+    rank0 = "\n".join(proc.stderr.splitlines()[first_rank0:][:40]) if first_rank0 is not None else ""
+    assert proc.returncode == 0, rank0 + "\n...\n" + proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "x 2 processes, global batch 8 = 2 x 1 x 4" in proc.stdout
     assert proc.stdout.count("done: 4 steps") == 4  # printed by the main process only
 

@@ -108,3 +108,17 @@ def test_schedule_names_resolve_through_the_schedule_constructors() -> None:
     assert schedule_from_name("cosine", T=10.0) == Schedule.cosine(T=10.0)
     with pytest.raises(ValueError, match="schedule must be one of"):
         schedule_from_name("build_schedule")
+
+
+def test_another_process_write_test_file_is_not_a_foreign_file(tmp_path) -> None:
+    """Under a multi-process launch every process checks --out at once: one process's temporary
+    write-test file must not make another refuse the directory as someone else's."""
+    from dbert_model.train import check_output_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".write-test-abc123").write_text("")
+    assert check_output_dir(out, resume=True, overwrite=False) is False
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a dbert checkpoint"):
+        check_output_dir(out, resume=True, overwrite=False)
