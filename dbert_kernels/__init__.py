@@ -22,7 +22,7 @@ from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_dec
 from .params import SamplingParams
 from .sampler import GenerateStats, build_template, generate, make_strategy
 from .schedules import Schedule, token_information
-from .strategies import STRATEGIES, Strategy
+from .strategies import STRATEGIES, Strategy, authors_reveal_probability
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ __all__ = [
     "BERT_UNCASED_SPECIAL_IDS",
     "BigramDenoiser",
     "BlockCache",
+    "authors_reveal_probability",
     "GenerateStats",
     "STRATEGIES",
     "Strategy",

@@ -203,20 +203,29 @@ class PosteriorStep(Strategy):
         return ids
 
 
-def authors_reveal_probability(keep_s: torch.Tensor, alphabar_s: float, alphabar_t: float) -> torch.Tensor:
+def authors_reveal_probability(
+    keep_s: torch.Tensor, alphabar_s: float | torch.Tensor, alphabar_t: float | torch.Tensor
+) -> torch.Tensor:
     """Reveal probability of the authors' released sampler, from the per-token keep ``keep_s``.
 
     Their step mixes a per-token forward marginal at ``s`` (``keep_s``) with the sentence-level
     transition from ``s`` to ``t`` (keep ratio ``r = alphabar_t / alphabar_s``); with the model's
     ``[MASK]`` probability taken as 0 the masked position is revealed with probability
     ``keep_s (1 - r) / (keep_s (1 - r) + 1 - keep_s)``, and with probability 1 at ``s = 0``.
+    With the spindle term this is not the posterior of the per-token forward process (that is
+    ``(keep_s - keep_t) / (1 - keep_t)``), so its ELBO weights do not sum to 1 per token (see
+    ``python -m bench.paper.bound``). ``alphabar_s`` / ``alphabar_t``: floats or tensors that
+    broadcast with ``keep_s``; float64 advised.
     """
-    if alphabar_s >= 1.0:
-        return torch.ones_like(keep_s)
-    ratio = alphabar_t / alphabar_s if alphabar_s > 0 else 1.0
+    ab_s = torch.as_tensor(alphabar_s, dtype=keep_s.dtype, device=keep_s.device)
+    ab_t = torch.as_tensor(alphabar_t, dtype=keep_s.dtype, device=keep_s.device)
+    ones = torch.ones_like(keep_s * ab_s)
+    tiny = torch.finfo(keep_s.dtype).tiny
+    ratio = torch.where(ab_s > 0, ab_t / ab_s.clamp_min(tiny), ones)
     num = keep_s * (1.0 - ratio)
     den = num + (1.0 - keep_s)
-    return torch.where(den > 0, num / den.clamp(min=1e-30), torch.ones_like(num)).clamp(0.0, 1.0)
+    prob = torch.where(den > 0, num / den.clamp_min(tiny), ones)
+    return torch.where(ab_s >= 1.0, ones, prob).clamp(0.0, 1.0)
 
 
 class SpindlePosteriorStep(Strategy):

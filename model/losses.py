@@ -42,7 +42,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from dbert_kernels import Schedule, spindle_mask
+from dbert_kernels import Schedule, authors_reveal_probability, spindle_mask
 
 from .network import DiffusionBert
 from .settings import DiffusionSettings
@@ -153,21 +153,6 @@ def posterior_weights(
     if tangent is None:  # alphabar does not depend on t (cannot happen for the built-in schedules)
         tangent = torch.zeros_like(primal)
     return (-tangent / (1.0 - primal).clamp_min(1e-12)).clamp_min(0.0)
-
-
-def authors_reveal_probability(keep_s: torch.Tensor, alphabar_s: torch.Tensor, alphabar_t: torch.Tensor) -> torch.Tensor:
-    """The authors' posterior probability of revealing a token masked at time t, at time s < t.
-
-    Their code multiplies the per-token keep probability at s (``keep_s``, spindle) by the
-    *sentence-level* transition ``beta = 1 - alphabar_t / alphabar_s`` and normalises:
-    ``keep_s beta / (keep_s beta + 1 - keep_s)``. With the spindle term this is not the posterior
-    of the per-token forward process (that is ``(keep_s - keep_t) / (1 - keep_t)``), so its ELBO
-    weights do not sum to 1 per token (see ``python -m bench.paper.bound``). Tensors broadcast;
-    float64 advised.
-    """
-    beta = torch.where(alphabar_s > 0, 1.0 - alphabar_t / alphabar_s.clamp_min(1e-300), torch.ones_like(alphabar_s))
-    num = keep_s * beta
-    return num / (num + 1.0 - keep_s).clamp_min(1e-300)
 
 
 def forward_mask(
