@@ -62,6 +62,10 @@ RADIX = tl.constexpr(16)
 GUMBEL_BOUND = tl.constexpr(33.0)
 #: Relative slack of the coarse top-p cut (far above the rounding of float64 mass sums).
 TOPP_SLACK = tl.constexpr(1.0 + 2.0**-10)
+#: Integer arguments that Triton must not specialise on (equal to 1, divisible by 16): the row
+#: count changes from step to step and top-k / the mask id from call to call, and each value class
+#: would otherwise compile (and cache) another copy of the kernel.
+NO_SPECIALIZE = ("n_rows", "mask_id", "top_k")
 
 
 @triton.jit
@@ -188,7 +192,7 @@ def _candidates(x, m, inv_t, cut_x, cut_w, lower, zero, CUT_W: tl.constexpr):
     return cand
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _sample_resident_kernel(
     logits_ptr, stride_row, ids_ptr, prob_ptr, banned_ptr, row_index_ptr, rng_ptr,
     out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, slot_x_ptr, slot_col_ptr,
@@ -344,7 +348,7 @@ def _sample_resident_kernel(
                    current, invalid, token, w_tok, w_top, second, z, ws, WITH_ENTROPY, WITH_MARGIN)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _sample_kernel(
     logits_ptr, stride_row, ids_ptr, prob_ptr, banned_ptr, row_index_ptr, rng_ptr,
     out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr,
