@@ -101,13 +101,23 @@ def run_kernels(cfg: BenchConfig, device: torch.device, backends: list[str], bar
 
 def _consume(runs: Iterator[dict], n: int, label: str, out: list[dict], skipped: list[str], bar: Any,
              budget: Budget) -> None:
-    """Take up to ``n`` results from the lazy ``runs`` while the budget lasts."""
+    """Take up to ``n`` results from the lazy ``runs`` while the budget lasts.
+
+    A configuration that raises ends this group (listed in ``skipped`` with its error) and keeps
+    what was measured before it and in the other groups.
+    """
     for done in range(n):
         if not budget.ok():
             skipped.append(f"{label}: {n - done} of {n} configurations (time budget)")
             bar.update(n - done)
             return
-        r = next(runs)
+        try:
+            r = next(runs)
+        except Exception as exc:  # e.g. a compile failure of one GPT-2 variant on this machine
+            skipped.append(f"{label}: {n - done} of {n} configurations (error: {exc!r})"[:600])
+            print(f"bench: {label} failed: {exc!r}", file=sys.stderr, flush=True)
+            bar.update(n - done)
+            return
         bar.set_postfix_str(f"{label} " + " ".join(f"{k}={r[k]}" for k in ("tokens", "batch", "steps") if k in r))
         out.append(r)
         bar.update(1)

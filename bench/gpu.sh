@@ -4,21 +4,35 @@
 # Sized for at most 8 minutes on an H100: each part has a time budget (enforced with `timeout`),
 # and a part whose budget no longer fits in what is left of the total is skipped and listed.
 # Results (named after the card) go to bench/results/. Needs only what the GPU machines have
-# (torch, triton, transformers, pytest, safetensors); at most `pip install --no-deps -e .`.
+# (torch, triton, transformers, pytest, safetensors; pytest-xdist if present): the repository is
+# put on the import path (no install, no network). Triton compiles each kernel variant once
+# (seconds to tens of seconds for the resident sampler), so the tests run in parallel processes
+# where pytest-xdist exists and the kernel timings compile their variants in parallel first.
 #
 #   bash bench/gpu.sh             # run
 #   bash bench/gpu.sh --dry-run   # print the plan and the budgets, run nothing (no GPU needed)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ]; then  # the interpreter that has torch: `python`, else `python3`
+  for candidate in python python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import torch' 2>/dev/null; then
+      PYTHON=$candidate
+      break
+    fi
+  done
+fi
+PY=${PYTHON:-python3}
 OUT=bench/results
 TOTAL_S=${GPU_TOTAL_S:-480}
+JOBS=${GPU_JOBS:-8}  # test processes and kernel-compiling processes
+XDIST=""
+if $PY -c 'import xdist' 2>/dev/null; then XDIST="-n $JOBS"; fi
 # part name | budget in seconds | command
 PARTS=(
-  "install|60|$PY -c 'import dbert_kernels, dbert_model' 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e ."
-  "cuda-tests|160|$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_compile.py"
-  "kernel-timings|80|$PY -m bench.kernels --out $OUT"
-  "end-to-end|110|$PY -m bench --device cuda --only e2e --no-progress --budget-s 90 --out $OUT"
+  "environment|10|$PY -c 'import dbert_kernels, dbert_model, torch, triton, transformers; print(\"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, \"cuda\", torch.version.cuda)'; nvidia-smi -L || true"
+  "cuda-tests|150|$PY -m pytest -p no:cacheprovider -m cuda -v --tb=short -rfE $XDIST tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_compile.py"
+  "kernel-timings|120|$PY -m bench.kernels --out $OUT --compile-jobs $JOBS"
+  "end-to-end|130|$PY -m bench --device cuda --only e2e --no-progress --budget-s 75 --out $OUT"
   "tradeoff|60|if [ -z \"\${TRADEOFF_RUNS:-}\" ]; then echo 'tradeoff: set TRADEOFF_RUNS=DIR (diffusion/, gpt2/, judge/ from bash bench/tradeoff.sh) to run it'; else $PY -m bench --device cuda --only tradeoff --no-progress --out $OUT --checkpoint \$TRADEOFF_RUNS/diffusion --baseline \$TRADEOFF_RUNS/gpt2 --judge \$TRADEOFF_RUNS/judge; fi"
 )
 
@@ -42,6 +56,13 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   exit 2
 fi
 unset TRITON_INTERPRET
+# the repository on the import path: dbert_kernels from the root, dbert_model (model/) by a link
+if ! $PY -c 'import dbert_model' 2>/dev/null; then
+  LINKS=$(mktemp -d)
+  ln -s "$PWD/model" "$LINKS/dbert_model"
+  export PYTHONPATH="$PWD:$LINKS${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PY
 mkdir -p "$OUT"
 CARD=$($PY -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '_', torch.cuda.get_device_name()).strip('_'))")
 LOG="$OUT/gpu_${CARD}.txt"

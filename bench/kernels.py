@@ -17,7 +17,8 @@ backend's work plus the op's small host-side set-up, which is what a caller pays
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -170,90 +171,159 @@ TRITON_VARIANTS = (("T=1", 1.0, 0, 1.0), ("greedy", 0.0, 0, 1.0), ("top-k 30", 1
                    ("top-p 0.9", 1.0, 0, 0.9), ("top-k 30 + top-p 0.9", 0.8, 30, 0.9))
 
 
+def _triton_caller(params: Any, prob: torch.Tensor, row_index: torch.Tensor, device: torch.device,
+                   resident: bool | None) -> Callable[[torch.Tensor, int], Any]:
+    """``fn(logits, i)``: the Triton sampling launcher with ``params`` (no validation, seed 7, offset i)."""
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend.sampling import launch_sample
+
+    def call(x: torch.Tensor, i: int) -> Any:
+        return launch_sample(x, None, prob, params.banned, row_index, rng_tensor(7, i, device), -1,
+                             params.inv_temperature, params.greedy, params.top_k, params.top_p, False, False,
+                             resident=resident)
+    return call
+
+
+def _variant_params(vocab: int, device: torch.device) -> list[tuple[str, Any]]:
+    """(name, SamplingParams) of each :data:`TRITON_VARIANTS` entry, ``[CLS]``/``[SEP]``/``[MASK]`` banned."""
+    from dbert_kernels.params import SamplingParams
+
+    banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+    banned[[0, 101, 102, MASK_ID]] = True
+    return [(name, SamplingParams.create(temperature=temperature, top_k=top_k or None,
+                                         top_p=None if top_p >= 1 else top_p, banned=banned))
+            for name, temperature, top_k, top_p in TRITON_VARIANTS]
+
+
+def _compile_one(task: tuple[int, str, int, bool | None]) -> str:
+    """Compile (by launching once on one row) one Triton sampling variant; returns an error or ''."""
+    vocab, dtype, index, resident = task
+    try:
+        device = torch.device("cuda")
+        name, params = _variant_params(vocab, device)[index]
+        x = torch.randn(1, vocab, device=device).to(_DTYPES[dtype])
+        _triton_caller(params, torch.ones(1, device=device), torch.zeros(1, dtype=torch.int64, device=device),
+                       device, resident)(x, 0)
+        torch.cuda.synchronize()
+        return ""
+    except Exception as exc:  # reported by the caller; the timing run then shows the same error
+        return f"{vocab} {dtype} {name if 'name' in locals() else index} resident={resident}: {exc!r}"
+
+
+def compile_in_parallel(vocabs: Sequence[int], dtypes: Sequence[str], jobs: int) -> list[str]:
+    """JIT-compile every Triton sampling variant of the table in ``jobs`` processes.
+
+    Triton compiles one kernel at a time in a process (tens of seconds for a resident variant);
+    the compiled kernels land in Triton's on-disk cache, where the timing process finds them (the
+    kernels do not specialise on the row count, so a one-row launch compiles the same binary).
+    Returns the errors, one line each.
+    """
+    import multiprocessing
+
+    tasks = [(v, d, i, r) for v in vocabs for d in dtypes for i in range(len(TRITON_VARIANTS))
+             for r in (None, False)]
+    with multiprocessing.get_context("spawn").Pool(max(1, min(jobs, len(tasks)))) as pool:
+        return [e for e in pool.map(_compile_one, tasks, chunksize=1) if e]
+
+
 def triton_sampling_table(rows: int, vocab: int, dtype: torch.dtype, device: torch.device,
-                          warmup: int = 3, repeats: int = 15) -> list[dict[str, Any]]:
-    """Milliseconds per call of each sampler on ``[rows, vocab]`` logits of ``dtype``.
+                          warmup: int = 3, repeats: int = 15) -> Iterator[dict[str, Any]]:
+    """Milliseconds per call of each sampler on ``[rows, vocab]`` logits of ``dtype``, one row per variant.
 
     Columns: ``copy`` (read + write of the logits' bytes, the speed of light of one read is half
     of it), ``multinomial`` (``softmax`` + ``torch.multinomial``, no filter), ``reference``,
     ``triton`` (the kernel the launcher picks: resident when the row fits) and
-    ``triton_streamed`` (the chunked kernel).
+    ``triton_streamed`` (the chunked kernel). A sampler that fails gets NaN and its error in
+    ``errors`` (the other columns are still measured).
     """
     from dbert_kernels import reference as ref
-    from dbert_kernels.params import SamplingParams
-    from dbert_kernels.random import rng_tensor
-    from dbert_kernels.triton_backend.sampling import launch_sample
+    from dbert_kernels.triton_backend.sampling import resident_block
 
     gen = torch.Generator(device=device).manual_seed(0)
     nbytes = rows * vocab * torch.empty((), dtype=dtype).element_size()
     inputs = [(torch.randn(rows, vocab, device=device, generator=gen) * _LOGIT_SCALE).to(dtype)
               for _ in range(rotation_count(nbytes, device))]
-    banned = torch.zeros(vocab, dtype=torch.bool, device=device)
-    banned[[0, 101, 102, MASK_ID]] = True
     prob = torch.ones(rows, device=device)
     row_index = torch.arange(rows, device=device)
     copy_s = nbytes * 2 / copy_bandwidth(device, nbytes, warmup=warmup, repeats=repeats)
     multinomial = time_calls(lambda x, i: torch.multinomial(torch.softmax(x.float(), -1), 1), inputs, device,
                              warmup=warmup, repeats=repeats).median_s
-    out = []
-    for name, temperature, top_k, top_p in TRITON_VARIANTS:
-        params = SamplingParams.create(temperature=temperature, top_k=top_k or None,
-                                       top_p=None if top_p >= 1 else top_p, banned=banned)
-
-        def triton_call(x: torch.Tensor, i: int, resident: bool | None, p: SamplingParams = params) -> Any:
-            return launch_sample(x, None, prob, p.banned, row_index, rng_tensor(7, i, device), -1,
-                                 p.inv_temperature, p.greedy, p.top_k, p.top_p, False, False, resident=resident)
-
-        row = {"case": f"sample {rows}x{vocab} {str(dtype)[6:]} {name}", "bytes": nbytes, "copy_ms": copy_s * 1e3,
-               "multinomial_ms": multinomial * 1e3}
+    kernel = "resident" if resident_block(vocab, dtype) else "streamed"
+    for name, params in _variant_params(vocab, device):
+        row = {"case": f"sample {rows}x{vocab} {str(dtype)[6:]} {name}", "kernel": kernel, "bytes": nbytes,
+               "copy_ms": copy_s * 1e3, "multinomial_ms": multinomial * 1e3, "errors": []}
         for label, fn in (
             ("reference", lambda x, i, p=params: ref.sample(x, None, prob, row_index, -1, p, 7, i)),
-            ("triton", lambda x, i: triton_call(x, i, None)),
-            ("triton_streamed", lambda x, i: triton_call(x, i, False)),
+            ("triton", _triton_caller(params, prob, row_index, device, None)),
+            ("triton_streamed", _triton_caller(params, prob, row_index, device, False)),
         ):
-            row[f"{label}_ms"] = time_calls(fn, inputs, device, warmup=warmup, repeats=repeats).median_s * 1e3
+            try:
+                row[f"{label}_ms"] = time_calls(fn, inputs, device, warmup=warmup, repeats=repeats).median_s * 1e3
+            except Exception as exc:  # one failing sampler must not lose the others' numbers
+                row[f"{label}_ms"] = float("nan")
+                row["errors"].append(f"{label}: {exc!r}"[:500])
         row["triton_read_bandwidth_vs_copy"] = copy_s / 2 / (row["triton_ms"] / 1e3)
-        out.append(row)
-    return out
+        row["triton_vs_reference"] = row["reference_ms"] / row["triton_ms"]
+        yield row
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.kernels --out DIR``: the Triton kernel table on the CUDA device."""
     import argparse
     import json
+    import os
     import platform
     import re
     import time
     from pathlib import Path
 
+    import triton
+
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--vocabs", default="30522,50257")
+    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--compile-jobs", type=int, default=min(12, os.cpu_count() or 1),
+                        help="processes that compile the kernels before the timings (0: compile while timing)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("python -m bench.kernels times the Triton kernels on a CUDA GPU; none is visible")
     device = torch.device("cuda")
     card = torch.cuda.get_device_name()
-    rows = []
-    for vocab in (int(v) for v in args.vocabs.split(",")):
-        for dtype in (torch.bfloat16, torch.float32):
-            for r in triton_sampling_table(args.rows, vocab, dtype, device):
-                rows.append(r)
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
-    import triton
-
+    vocabs = [int(v) for v in args.vocabs.split(",")]
+    dtypes = [d.strip() for d in args.dtypes.split(",")]
     meta = {"device": card, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": "python -m bench.kernels " + " ".join(argv or []), "statistic": "median of CUDA-event times"}
+            "command": "python -m bench.kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "statistic": "median of CUDA-event times", "rows": args.rows}
+    if args.compile_jobs > 0:
+        start = time.perf_counter()
+        errors = compile_in_parallel(vocabs, dtypes, args.compile_jobs)
+        meta["compile_s"] = round(time.perf_counter() - start, 1)
+        print(f"compiled the Triton variants in {meta['compile_s']} s with {args.compile_jobs} processes", flush=True)
+        for e in errors:
+            print("compile error:", e, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"triton_kernels_{re.sub(r'[^A-Za-z0-9]+', '_', card).strip('_')}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    cols = ["copy_ms", "multinomial_ms", "reference_ms", "triton_ms", "triton_streamed_ms", "triton_read_bandwidth_vs_copy"]
-    lines = [f"# Triton sampling kernels on {card}", "", f"{meta}", "", "| case | " + " | ".join(cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {r['case']} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    cols = ["copy_ms", "multinomial_ms", "reference_ms", "triton_ms", "triton_streamed_ms",
+            "triton_read_bandwidth_vs_copy", "triton_vs_reference"]
+    rows: list[dict[str, Any]] = []
+
+    def write() -> None:  # after every row, so that a run cut short keeps what it measured
+        stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+        lines = [f"# Triton sampling kernels on {card}", "", f"{meta}", "",
+                 "| case | kernel | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        lines += [f"| {r['case']} | {r['kernel']} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
+        errors = [f"- {r['case']}: {e}" for r in rows for e in r["errors"]]
+        stem.with_suffix(".md").write_text("\n".join(lines + ([""] + errors if errors else [])) + "\n")
+
+    for vocab in vocabs:
+        for dtype in dtypes:
+            for r in triton_sampling_table(args.rows, vocab, _DTYPES[dtype], device):
+                rows.append(r)
+                write()
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
     print(f"wrote {stem}.json and .md")
 
 

@@ -36,11 +36,13 @@ __all__ = ["TradeoffConfig", "config_for", "run_tradeoff", "lines", "plot"]
 
 @dataclass(frozen=True)
 class TradeoffConfig:
-    """Grid of the trade-off run: DiffusionBERT step counts, GPT-2 cache variants, batch sizes,
-    quality samples (generated in batches of ``quality_batch``) and test sentences for the
-    perplexities (None: all whole test sentences)."""
+    """Grid of the trade-off run: DiffusionBERT step counts (posterior sampler), decoding
+    strategies (``(label, at most this many calls, keyword arguments of sample_ids)``), GPT-2
+    cache variants, batch sizes, quality samples (generated in batches of ``quality_batch``) and
+    test sentences for the perplexities (None: all whole test sentences)."""
 
     steps: tuple[int, ...] = (4, 16, 64)
+    strategies: tuple[tuple[str, int, dict[str, Any]], ...] = ()
     gpt_variants: tuple[str, ...] = ("kv-cache", "static")
     batches: tuple[int, ...] = (1, 8)
     top_k: int = 30
@@ -52,14 +54,28 @@ class TradeoffConfig:
     repeats: int = 2
 
 
-#: The CPU grid is sized for a shared 2-core machine (about 3 minutes of one idle core); the GPU
+#: The adaptive decoding strategies of the trade-off (see docs/decoding.md): confidence threshold
+#: (Fast-dLLM) and entropy bound (EB-sampler), each in blocks of 16 with the dual cache, and the
+#: threshold alone; at most 16 denoiser calls per block-decoded sequence.
+STRATEGIES: tuple[tuple[str, int, dict[str, Any]], ...] = (
+    ("threshold 0.9", 64, {"strategy": "threshold", "threshold": 0.9}),
+    ("threshold 0.9, blocks 16, dual cache", 16,
+     {"strategy": "threshold", "threshold": 0.9, "block_length": 16, "cache": "dual"}),
+    ("entropy bound 1.0, blocks 16, dual cache", 16,
+     {"strategy": "entropy_bound", "gamma": 1.0, "block_length": 16, "cache": "dual"}),
+)
+
+#: The CPU grid is sized for a shared 2-core machine (about 5 minutes of one idle core); the GPU
 #: grid gives the quality figures more samples.
 _CONFIGS = {
-    "cpu": TradeoffConfig(),
-    "cuda": TradeoffConfig(steps=(4, 8, 16, 32, 64, 128), gpt_variants=("kv-cache", "static-compile"), samples=512, quality_batch=128,
+    "cpu": TradeoffConfig(strategies=STRATEGIES),
+    "cuda": TradeoffConfig(steps=(4, 8, 16, 32, 64, 128), strategies=STRATEGIES,
+                           gpt_variants=("kv-cache", "static-compile"), samples=512, quality_batch=128,
                            test_sentences=None, elbo_samples=4, repeats=5),
 }
-_QUICK = TradeoffConfig(steps=(2, 4), gpt_variants=("kv-cache",), batches=(1, 2), samples=4, quality_batch=4,
+_QUICK = TradeoffConfig(steps=(2, 4), strategies=(("threshold 0.5, blocks 4, dual cache", 4, {
+                            "strategy": "threshold", "threshold": 0.5, "block_length": 4, "cache": "dual"}),),
+                        gpt_variants=("kv-cache",), batches=(1, 2), samples=4, quality_batch=4,
                         test_sentences=8, elbo_samples=1, warmup=0, repeats=1)
 
 #: GPT-2 variant -> :func:`dbert_model.ar.sample_ar` cache (``generate`` compiles the static cache on a GPU)
@@ -116,9 +132,15 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
             bert.model, st, bert.token_info().to(device), split, samples=cfg.elbo_samples, backend=backend)},
     }
 
-    def diffusion(steps: int) -> Callable[[int, int], torch.Tensor]:
-        return lambda n, seed: sample_ids(bert.model, st, tok, n=n, steps=steps, seq_len=seq_len, top_k=cfg.top_k,
-                                          seed=seed, progress=False, backend=backend)
+    calls: dict[str, list[float]] = {}  # denoiser calls per sequence of each diffusion setting's runs
+
+    def diffusion(label: str, steps: int, options: dict[str, Any]) -> Callable[[int, int], torch.Tensor]:
+        def run(n: int, seed: int) -> torch.Tensor:
+            ids, stats = sample_ids(bert.model, st, tok, n=n, steps=steps, seq_len=seq_len, top_k=cfg.top_k,
+                                    seed=seed, progress=False, backend=backend, return_stats=True, **options)
+            calls.setdefault(label, []).append(stats.calls_per_sequence(n))
+            return ids
+        return run
 
     def autoregressive(variant: str) -> Callable[[int, int], torch.Tensor]:
         return lambda n, seed: sample_ar(gpt.model, gpt.settings, gpt.tokenizer, n=n, seq_len=seq_len,
@@ -127,8 +149,10 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
     settings: list[tuple[dict[str, Any], Callable[[int, int], torch.Tensor]]] = [
         ({"model": "gpt2", "setting": f"GPT-2 {v}", "variant": v, "steps": None, "denoiser_calls": seq_len - 1},
          autoregressive(v)) for v in cfg.gpt_variants
-    ] + [({"model": "diffusionbert", "setting": f"{s} steps", "variant": "posterior", "steps": s, "denoiser_calls": s},
-          diffusion(s)) for s in cfg.steps]
+    ] + [({"model": "diffusionbert", "setting": f"{s} steps", "variant": "posterior", "steps": s},
+          diffusion(f"{s} steps", s, {})) for s in cfg.steps
+    ] + [({"model": "diffusionbert", "setting": label, "variant": options.get("strategy", "posterior"), "steps": s},
+          diffusion(label, s, options)) for label, s, options in cfg.strategies]
     results = []
     quality_of: dict[str, dict[str, Any]] = {}  # GPT-2 variants draw the same distribution: judged once
     for info, sample in settings:
@@ -150,6 +174,8 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
             if bool((ids == st.special_ids["mask"]).any()):
                 raise RuntimeError(f"{info['setting']} left [MASK] tokens: benchmark invalid")
             quality_of[key] = {"bleu4": bleu4(texts, refs), "self_bleu4": self_bleu(texts), "samples": texts}
+        if info["model"] == "diffusionbert":  # mean over every run of the setting (timed and quality)
+            info["denoiser_calls"] = round(sum(calls[key]) / len(calls[key]), 1)
         results.append({**info, "tokens": seq_len - 1, "speed": speed, "quality": quality_of[key]})
 
     # the judge comes last: it is not in memory while the generations are timed
@@ -228,7 +254,7 @@ def lines(t: dict[str, Any], png_name: str | None = None) -> list[str]:
     for r in t["results"]:
         q = r["quality"]
         speeds = " | ".join(f"{s['tokens_per_s']:.0f}" for s in r["speed"])
-        out.append(f"| {r['setting']} | {r['denoiser_calls']} | {speeds} | {_f(q['gen_ppl'])} | "
+        out.append(f"| {r['setting']} | {r['denoiser_calls']:g} | {speeds} | {_f(q['gen_ppl'])} | "
                    f"{q['distinct_1']:.3f} / {q['distinct_2']:.3f} / {q['distinct_3']:.3f} | {q['repetition']:.3f} | "
                    f"{q['bleu4']:.3f} | {q['self_bleu4']:.3f} |")
     out += ["", "Examples:", ""]
@@ -255,11 +281,17 @@ def plot(t: dict[str, Any], path: Path, title: str) -> bool:
     for ax, batch in zip(axes[0], batches, strict=True):
         pts = [(next(s["tokens_per_s"] for s in r["speed"] if s["batch"] == batch), r["quality"]["gen_ppl"], r)
                for r in t["results"]]
-        diff = [(x, y, r) for x, y, r in pts if r["model"] == "diffusionbert"]
+        diff = [(x, y, r) for x, y, r in pts if r["model"] == "diffusionbert" and r["variant"] == "posterior"
+                and r["setting"].endswith(" steps")]
         if diff:
-            ax.plot([x for x, _, _ in diff], [y for _, y, _ in diff], "o-", color="tab:blue", label="DiffusionBERT")
+            ax.plot([x for x, _, _ in diff], [y for _, y, _ in diff], "o-", color="tab:blue",
+                    label="DiffusionBERT, posterior")
             for x, y, r in diff:
                 ax.annotate(f"{r['steps']} steps", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        others = [(x, y, r) for x, y, r in pts if r["model"] == "diffusionbert" and all(r is not d[2] for d in diff)]
+        for (x, y, r), marker in zip(others, "^v<>PX", strict=False):
+            ax.plot([x], [y], marker, ms=8, color="tab:green", ls="none",
+                    label=f"{r['setting']} ({r['denoiser_calls']:g} calls)")
         gpt_markers = iter("*Dsv^")
         for x, y, r in pts:
             if r["model"] == "gpt2":

@@ -153,3 +153,24 @@ def test_spent_budget_skips_and_lists_every_measurement(tmp_path) -> None:
     assert len(e["skipped"]) == 3 and all("time budget" in s for s in e["skipped"])
     # one configuration per (shape, available CPU backend): every one of them is listed as skipped
     assert re.search(r"Skipped: DiffusionBERT: (\d+) of \1 configurations", (tmp_path / "cpu.md").read_text())
+
+
+def test_a_failing_configuration_keeps_the_results_before_it() -> None:
+    from bench.__main__ import Budget, _consume
+
+    def runs():
+        yield {"tokens": 8, "batch": 1}
+        raise RuntimeError("planted compile failure")
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+        def set_postfix_str(self, s: str) -> None:
+            pass
+
+    out: list[dict] = []
+    skipped: list[str] = []
+    _consume(runs(), 3, "GPT-2 static-compile", out, skipped, Bar(), Budget(None))
+    assert out == [{"tokens": 8, "batch": 1}]
+    assert len(skipped) == 1 and "2 of 3" in skipped[0] and "planted compile failure" in skipped[0]

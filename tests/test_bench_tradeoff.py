@@ -28,7 +28,7 @@ def test_quick_tradeoff_run_times_and_judges_every_setting(tmp_path, capsys) -> 
     res = main(["--device", "cpu", "--quick", "--only", "tradeoff", "--checkpoint", bert, "--baseline", gpt,
                 "--judge", judge, "--out", str(out), "--no-progress"])
     t = res["tradeoff"]
-    assert [r["setting"] for r in t["results"]] == ["GPT-2 kv-cache", "2 steps", "4 steps"]
+    assert [r["setting"] for r in t["results"]] == ["GPT-2 kv-cache", "2 steps", "4 steps", "threshold 0.5, blocks 4, dual cache"]
     for r in t["results"]:
         assert [s["batch"] for s in r["speed"]] == [1, 2] and all(s["tokens_per_s"] > 0 for s in r["speed"])
         q = r["quality"]
@@ -38,7 +38,10 @@ def test_quick_tradeoff_run_times_and_judges_every_setting(tmp_path, capsys) -> 
     saved = json.loads((out / "cpu-tradeoff.json").read_text())
     assert saved["tradeoff"]["results"] == json.loads(json.dumps(t["results"]))
     md = (out / "cpu-tradeoff.md").read_text()
-    assert "| GPT-2 kv-cache |" in md and "| 4 steps | 4 |" in md and "cpu-tradeoff.png" in md
+    assert "| GPT-2 kv-cache |" in md and "| threshold 0.5, blocks 4, dual cache |" in md and "cpu-tradeoff.png" in md
+    for r in t["results"][1:]:  # measured denoiser calls per sequence, within the setting's bound
+        assert 1 <= r["denoiser_calls"] <= r["steps"], r
+        assert f"| {r['setting']} | {r['denoiser_calls']:g} |" in md
     assert (out / "cpu-tradeoff.png").stat().st_size > 0
     assert "Speed against quality" in capsys.readouterr().out
 

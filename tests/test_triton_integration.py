@@ -142,7 +142,7 @@ def test_gpu_script_dry_run_prints_the_plan_within_budget():
     out = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     parts = re.findall(r"^\s+(\S+)\s+(\d+) s\s+(.+)$", out.stdout, flags=re.M)
-    assert [p[0] for p in parts] == ["install", "cuda-tests", "kernel-timings", "end-to-end", "tradeoff"]
+    assert [p[0] for p in parts] == ["environment", "cuda-tests", "kernel-timings", "end-to-end", "tradeoff"]
     assert "-m cuda" in parts[1][2] and "bench.kernels" in parts[2][2] and "--only e2e" in parts[3][2]
     assert "--only tradeoff" in parts[4][2]
     for name in re.findall(r"tests/\S+\.py", parts[1][2]):  # every test file it names exists
