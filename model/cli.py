@@ -279,7 +279,21 @@ def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[st
     return ids, decode(loaded.tokenizer, ids, loaded.settings), stats
 
 
+def _check_decoding(args: argparse.Namespace) -> None:
+    """Refuse bad decoding flags before the model is loaded (the same checks as the sampler's)."""
+    from dbert_kernels import Schedule
+    from dbert_kernels.sampler import make_strategy
+
+    make_strategy(args.strategy, Schedule.d3pm(), confidence=args.confidence, threshold=args.threshold,
+                  gamma=args.gamma, min_per_step=args.min_per_step, max_per_step=args.max_per_step)
+    for flag in ("block_length", "refresh_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+
+
 def _generate(args: argparse.Namespace) -> None:
+    _check_decoding(args)
     loaded = _load(args)
     start = time.perf_counter()
     ids, texts, stats = _sample(loaded, args, args.num)

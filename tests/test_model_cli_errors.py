@@ -145,3 +145,14 @@ def test_triton_backend_without_a_gpu_through_the_console_entry_point(run) -> No
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--backend triton" in proc.stderr
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--strategy", "threshold", "--threshold", "2"], "threshold"),
+    (["--strategy", "entropy_bound", "--gamma", "0"], "gamma"),
+    (["--block-length", "0"], "--block-length"),
+    (["--refresh-every", "0", "--block-length", "4", "--cache", "dual"], "--refresh-every"),
+])
+def test_bad_decoding_flags_are_refused_before_the_model_is_loaded(tmp_path, capsys, flags, needle) -> None:
+    # the model does not exist: the decoding flags are checked first
+    _fails_cleanly(capsys, [*GENERATE, "--model", str(tmp_path / "none"), *flags], needle)
