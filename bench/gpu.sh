@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU command: CUDA correctness tests, then kernel timings, then end to end vs GPT-2, then
 # (with TRADEOFF_RUNS=DIR of trained checkpoints) speed against quality vs the GPT-2 baseline.
-# Sized for at most 8 minutes on an H100: each part has a time budget (enforced with `timeout`),
+# Sized for at most 8 minutes on an H100 (traffic: DRAM bytes per kernel launch under Nsight Compute): each part has a time budget (enforced with `timeout`),
 # and a part whose budget no longer fits in what is left of the total is skipped and listed.
 # Results (named after the card) go to bench/results/. Needs only what the GPU machines have
 # (torch, triton, transformers, pytest, safetensors; pytest-xdist if present): the repository is
@@ -30,9 +30,10 @@ if $PY -c 'import xdist' 2>/dev/null; then XDIST="-n $JOBS"; fi
 # part name | budget in seconds | command
 PARTS=(
   "environment|10|$PY -c 'import dbert_kernels, dbert_model, torch, triton, transformers; print(\"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, \"cuda\", torch.version.cuda)'; nvidia-smi -L || true"
-  "cuda-tests|150|$PY -m pytest -p no:cacheprovider -m cuda -v --tb=short -rfE $XDIST tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_compile.py"
-  "kernel-timings|120|$PY -m bench.kernels --out $OUT --compile-jobs $JOBS"
-  "end-to-end|130|$PY -m bench --device cuda --only e2e --no-progress --budget-s 75 --out $OUT"
+  "cuda-tests|140|$PY -m pytest -p no:cacheprovider -m cuda -v --tb=short -rfE $XDIST tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_compile.py"
+  "kernel-timings|110|$PY -m bench.kernels --out $OUT --compile-jobs $JOBS"
+  "traffic|40|NCU=\$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1); if [ -n \"\$NCU\" ]; then \$NCU --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k regex:_sample $PY -m bench.traffic; else echo 'traffic: ncu not found, not measured'; fi"
+  "end-to-end|120|$PY -m bench --device cuda --only e2e --no-progress --budget-s 70 --out $OUT"
   "tradeoff|60|if [ -z \"\${TRADEOFF_RUNS:-}\" ]; then echo 'tradeoff: set TRADEOFF_RUNS=DIR (diffusion/, gpt2/, judge/ from bash bench/tradeoff.sh) to run it'; else $PY -m bench --device cuda --only tradeoff --no-progress --out $OUT --checkpoint \$TRADEOFF_RUNS/diffusion --baseline \$TRADEOFF_RUNS/gpt2 --judge \$TRADEOFF_RUNS/judge; fi"
 )
 

@@ -49,3 +49,14 @@ def test_compile_task_reports_instead_of_raising() -> None:
         pytest.skip("the error path needs a machine without CUDA")
     error = kernels._compile_one((64, "float32", 2, None))
     assert error.startswith("64 float32") and "resident=None" in error
+
+
+def test_traffic_script_launches_each_kernel_once_per_case(interpreted: None, capsys: pytest.CaptureFixture) -> None:
+    from bench import traffic
+
+    traffic.main(["--device", "cpu", "--rows", "3", "--vocab", "300", "--dtypes", "bfloat16,float32"])
+    launches = [line for line in capsys.readouterr().out.splitlines() if line.startswith("launch ")]
+    assert len(launches) == 2 * 2 * 2  # dtypes x default variants x (resident, streamed)
+    assert "logits_bytes=1800" in launches[0] and "logits_bytes=3600" in launches[-1]
+    with pytest.raises(SystemExit, match="unknown variants"):
+        traffic.main(["--device", "cpu", "--variants", "top-k 31"])

@@ -142,9 +142,9 @@ def test_gpu_script_dry_run_prints_the_plan_within_budget():
     out = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     parts = re.findall(r"^\s+(\S+)\s+(\d+) s\s+(.+)$", out.stdout, flags=re.M)
-    assert [p[0] for p in parts] == ["environment", "cuda-tests", "kernel-timings", "end-to-end", "tradeoff"]
-    assert "-m cuda" in parts[1][2] and "bench.kernels" in parts[2][2] and "--only e2e" in parts[3][2]
-    assert "--only tradeoff" in parts[4][2]
+    assert [p[0] for p in parts] == ["environment", "cuda-tests", "kernel-timings", "traffic", "end-to-end", "tradeoff"]
+    assert "-m cuda" in parts[1][2] and "bench.kernels" in parts[2][2] and "bench.traffic" in parts[3][2]
+    assert "--only e2e" in parts[4][2] and "--only tradeoff" in parts[5][2]
     for name in re.findall(r"tests/\S+\.py", parts[1][2]):  # every test file it names exists
         assert (script.parent.parent / name).is_file(), name
     total = int(re.search(r"total budget (\d+) s", out.stdout).group(1))
