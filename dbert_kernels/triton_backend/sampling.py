@@ -199,22 +199,27 @@ def _candidates(x, m, inv_t, cut_x, cut_w, lower, zero, CUT_W: tl.constexpr):
 
 
 @triton.jit
-def _quarters(x, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
-    """The four quarters of the rows ``x`` [BLOCK_R, BLOCK_V] (quarter ``q``: columns
-    ``q * BLOCK_V / 4 + i``), [BLOCK_R, BLOCK_V / 4] each; a thread's elements of a resident row lie
-    in every quarter, so that the split stays in registers."""
-    x_q = tl.permute(tl.reshape(x, [BLOCK_R, 4, BLOCK_V // 4]), (0, 2, 1))
-    x_a, x_b = tl.split(tl.reshape(x_q, [BLOCK_R, BLOCK_V // 4, 2, 2]))
-    x_0, x_2 = tl.split(x_a)
-    x_1, x_3 = tl.split(x_b)
-    return x_0, x_1, x_2, x_3
+def _eighths(x, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The eight parts of the rows ``x`` [BLOCK_R, BLOCK_V] (part ``q``: columns
+    ``q * BLOCK_V / 8 + i``), [BLOCK_R, BLOCK_V / 8] each; a thread's elements of a resident row lie
+    in every part, so that the split stays in registers."""
+    x_q = tl.permute(tl.reshape(x, [BLOCK_R, 8, BLOCK_V // 8]), (0, 2, 1))
+    x_a, x_b = tl.split(tl.reshape(x_q, [BLOCK_R, BLOCK_V // 8, 2, 2, 2]))  # q = 4 c + 2 b + a
+    x_aa, x_ab = tl.split(x_a)
+    x_ba, x_bb = tl.split(x_b)
+    x_0, x_4 = tl.split(x_aa)
+    x_2, x_6 = tl.split(x_ab)
+    x_1, x_5 = tl.split(x_ba)
+    x_3, x_7 = tl.split(x_bb)
+    return x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7
 
 
 @triton.jit
-def _compact_quarter(xq, q: tl.constexpr, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+def _compact_part(xq, q: tl.constexpr, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
                      slot_base, CUT_W: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """Append the candidates of the row's quarter ``q`` (logits ``xq``) to the slot buffer in id
-    order after the ``filled`` slots taken by the earlier quarters; returns the slots now taken."""
+    """Append the candidates of the row's part ``q`` (logits ``xq``, columns ``q * BLOCK_Q + i``)
+    to the slot buffer in id order after the ``filled`` slots taken by the earlier parts; returns
+    the slots now taken."""
     cand = _candidates(xq, m, inv_t, cut_x, cut_w, lower, filled.to(tl.float32) * 0.0, CUT_W)
     rank = filled[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
     tl.store(slot_x_ptr + slot_base[:, None] + rank, xq, mask=cand)
@@ -224,11 +229,11 @@ def _compact_quarter(xq, q: tl.constexpr, filled, m, inv_t, cut_x, cut_w, lower,
 
 
 @triton.jit
-def _draw_quarter(xq, q: tl.constexpr, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id, offset,
+def _draw_part(xq, q: tl.constexpr, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id, offset,
                   BLOCK_Q: tl.constexpr):
-    """Fold the kept columns ``q * BLOCK_Q + i`` (logits ``xq``) of the row's quarter ``q`` into the
-    running draw (best score, its token, its weight); quarters come in id order, so that ties go to
-    the lower id as in one argmax over the row."""
+    """Fold the kept columns ``q * BLOCK_Q + i`` (logits ``xq``) of the row's part ``q`` into the
+    running draw (best score, its token, its weight); the parts come in id order, so that ties go
+    to the lower id as in one argmax over the row."""
     lanes = tl.arange(0, BLOCK_Q)
     s = _scaled(xq, m, inv_t, w_tok * 0.0)
     w = exp_weight(s)
@@ -265,7 +270,9 @@ def _sample_resident_kernel(
     4. normaliser, confidence, entropy and margin: float64 sums over the resident row.
 
     Only ``x`` lives across the steps; scaled logits, weights and keys are recomputed inside
-    each step (cheaper than the registers that holding them would cost).
+    each step (cheaper than the registers that holding them would cost), the coarse cuts are
+    run-time loops, and the compaction and the draw over the row (whose ranks and noise would
+    otherwise be held for the whole row at once) run an eighth of the row at a time.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_rows = rows < n_rows
@@ -315,16 +322,25 @@ def _sample_resident_kernel(
         # -- 3a. compact the candidates (id order); decide and draw among them
         zero = n_cand.to(tl.float32) * 0.0
         slot_base = rows.to(tl.int64) * SLOTS
-        x_0, x_1, x_2, x_3 = _quarters(x, BLOCK_R, BLOCK_V)
+        # an eighth of the row at a time: the ranks of only an eighth of the elements are held
+        x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
         filled = tl.zeros([BLOCK_R], dtype=tl.int32)
-        filled = _compact_quarter(x_0, 0, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 4)
-        filled = _compact_quarter(x_1, 1, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 4)
-        filled = _compact_quarter(x_2, 2, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 4)
-        filled = _compact_quarter(x_3, 3, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 4)
+        filled = _compact_part(x_0, 0, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_1, 1, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_2, 2, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_3, 3, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_4, 4, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_5, 5, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_6, 6, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_7, 7, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         tl.debug_barrier()
         slots = tl.arange(0, SLOTS)
         have = slots[None, :] < n_cand[:, None]
@@ -382,20 +398,28 @@ def _sample_resident_kernel(
             w = exp_weight(_scaled(x, m, inv_t, n_cand.to(tl.float32) * 0.0))
             w_tok = tl.sum(tl.where(cols[None, :] == token[:, None], w, 0.0), axis=1)
         else:
-            # the draw a quarter of the row at a time (columns q * BLOCK_V / 4 + i), so that the
-            # noise of only a quarter of the elements is in flight
-            x_0, x_1, x_2, x_3 = _quarters(x, BLOCK_R, BLOCK_V)
+            # the draw an eighth of the row at a time (see _eighths), so that the noise of only an
+            # eighth of the elements is in flight
+            x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
             best = tl.full([BLOCK_R], NEG_INF, tl.float32)
             token = tl.full([BLOCK_R], -1, tl.int32)
             w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
-            best, token, w_tok = _draw_quarter(x_0, 0, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 4)
-            best, token, w_tok = _draw_quarter(x_1, 1, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 4)
-            best, token, w_tok = _draw_quarter(x_2, 2, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 4)
-            best, token, w_tok = _draw_quarter(x_3, 3, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 4)
+            best, token, w_tok = _draw_part(x_0, 0, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_1, 1, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_2, 2, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_3, 3, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_4, 4, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_5, 5, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_6, 6, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_7, 7, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                               offset, BLOCK_V // 8)
     # -- 4. float64 sums over the kept set of the resident row
     s = _scaled(x, m, inv_t, w_tok * 0.0)
     w = exp_weight(s)
