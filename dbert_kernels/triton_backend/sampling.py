@@ -230,7 +230,7 @@ def _compact_part(xq, q: tl.constexpr, filled, m, inv_t, cut_x, cut_w, lower, sl
 
 @triton.jit
 def _draw_part(xq, q: tl.constexpr, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id, offset,
-                  BLOCK_Q: tl.constexpr):
+               BLOCK_Q: tl.constexpr):
     """Fold the kept columns ``q * BLOCK_Q + i`` (logits ``xq``) of the row's part ``q`` into the
     running draw (best score, its token, its weight); the parts come in id order, so that ties go
     to the lower id as in one argmax over the row."""
@@ -326,21 +326,21 @@ def _sample_resident_kernel(
         x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
         filled = tl.zeros([BLOCK_R], dtype=tl.int32)
         filled = _compact_part(x_0, 0, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_1, 1, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_2, 2, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_3, 3, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_4, 4, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_5, 5, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_6, 6, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         filled = _compact_part(x_7, 7, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                                  slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         tl.debug_barrier()
         slots = tl.arange(0, SLOTS)
         have = slots[None, :] < n_cand[:, None]
@@ -405,21 +405,21 @@ def _sample_resident_kernel(
             token = tl.full([BLOCK_R], -1, tl.int32)
             w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
             best, token, w_tok = _draw_part(x_0, 0, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_1, 1, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_2, 2, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_3, 3, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_4, 4, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_5, 5, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_6, 6, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
             best, token, w_tok = _draw_part(x_7, 7, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                               offset, BLOCK_V // 8)
+                                            offset, BLOCK_V // 8)
     # -- 4. float64 sums over the kept set of the resident row
     s = _scaled(x, m, inv_t, w_tok * 0.0)
     w = exp_weight(s)
