@@ -216,7 +216,7 @@ def _eighths(x, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
 
 @triton.jit
 def _compact_part(xq, q: tl.constexpr, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                     slot_base, CUT_W: tl.constexpr, BLOCK_Q: tl.constexpr):
+                  slot_base, CUT_W: tl.constexpr, BLOCK_Q: tl.constexpr):
     """Append the candidates of the row's part ``q`` (logits ``xq``, columns ``q * BLOCK_Q + i``)
     to the slot buffer in id order after the ``filled`` slots taken by the earlier parts; returns
     the slots now taken."""
