@@ -87,12 +87,18 @@ def _reveal(rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, H
 
 
 @triton.jit
-def _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab):
-    """Float32 logits [BLOCK_R, n] of the columns ``cols``; -inf where banned, outside the row
-    or in a row that is not read."""
+def _load_row(logits_ptr, row_off, active, banned_ptr, cols, vocab):
+    """Logits [BLOCK_R, n] of the columns ``cols`` in their own dtype; -inf where banned, outside
+    the row or in a row that is not read."""
     inb = cols < vocab
     allowed = active[:, None] & (inb & (tl.load(banned_ptr + cols, mask=inb, other=1) == 0))[None, :]
-    return tl.load(logits_ptr + row_off[:, None] + cols[None, :], mask=allowed, other=NEG_INF).to(tl.float32)
+    return tl.load(logits_ptr + row_off[:, None] + cols[None, :], mask=allowed, other=NEG_INF)
+
+
+@triton.jit
+def _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab):
+    """:func:`_load_row` as float32."""
+    return _load_row(logits_ptr, row_off, active, banned_ptr, cols, vocab).to(tl.float32)
 
 
 @triton.jit
@@ -192,6 +198,54 @@ def _candidates(x, m, inv_t, cut_x, cut_w, lower, zero, CUT_W: tl.constexpr):
     return cand
 
 
+@triton.jit
+def _eighths(x, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The eight parts of the rows ``x`` [BLOCK_R, BLOCK_V] (part ``q``: columns
+    ``q * BLOCK_V / 8 + i``), [BLOCK_R, BLOCK_V / 8] each; a thread's elements of a resident row lie
+    in every part, so that the split stays in registers."""
+    x_q = tl.permute(tl.reshape(x, [BLOCK_R, 8, BLOCK_V // 8]), (0, 2, 1))
+    x_a, x_b = tl.split(tl.reshape(x_q, [BLOCK_R, BLOCK_V // 8, 2, 2, 2]))  # q = 4 c + 2 b + a
+    x_aa, x_ab = tl.split(x_a)
+    x_ba, x_bb = tl.split(x_b)
+    x_0, x_4 = tl.split(x_aa)
+    x_2, x_6 = tl.split(x_ab)
+    x_1, x_5 = tl.split(x_ba)
+    x_3, x_7 = tl.split(x_bb)
+    return x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7
+
+
+@triton.jit
+def _compact_part(xq, q: tl.constexpr, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                  slot_base, CUT_W: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Append the candidates of the row's part ``q`` (logits ``xq``, columns ``q * BLOCK_Q + i``)
+    to the slot buffer in id order after the ``filled`` slots taken by the earlier parts; returns
+    the slots now taken."""
+    cand = _candidates(xq, m, inv_t, cut_x, cut_w, lower, filled.to(tl.float32) * 0.0, CUT_W)
+    rank = filled[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
+    tl.store(slot_x_ptr + slot_base[:, None] + rank, xq, mask=cand)
+    tl.store(slot_col_ptr + slot_base[:, None] + rank, q * BLOCK_Q + tl.arange(0, BLOCK_Q)[None, :] + rank * 0,
+             mask=cand)
+    return filled + tl.sum(cand.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _draw_part(xq, q: tl.constexpr, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id, offset,
+               BLOCK_Q: tl.constexpr):
+    """Fold the kept columns ``q * BLOCK_Q + i`` (logits ``xq``) of the row's part ``q`` into the
+    running draw (best score, its token, its weight); the parts come in id order, so that ties go
+    to the lower id as in one argmax over the row."""
+    lanes = tl.arange(0, BLOCK_Q)
+    s = _scaled(xq, m, inv_t, w_tok * 0.0)
+    w = exp_weight(s)
+    kept = (xq >= x_thr[:, None]) & (w >= w_thr[:, None])
+    score = tl.where(kept, s - _gumbel(seed, q * BLOCK_Q + lanes[None, :], row_id[:, None], offset), NEG_INF)
+    q_best, q_arg = tl.max(score, axis=1, return_indices=True)
+    q_tok = q * BLOCK_Q + q_arg
+    better = (q_best > best) | (token == -1)
+    q_w = tl.sum(tl.where(lanes[None, :] == q_arg[:, None], w, 0.0), axis=1)
+    return tl.where(better, q_best, best), tl.where(better, q_tok, token), tl.where(better, q_w, w_tok)
+
+
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _sample_resident_kernel(
     logits_ptr, stride_row, ids_ptr, prob_ptr, banned_ptr, row_index_ptr, rng_ptr,
@@ -216,7 +270,9 @@ def _sample_resident_kernel(
     4. normaliser, confidence, entropy and margin: float64 sums over the resident row.
 
     Only ``x`` lives across the steps; scaled logits, weights and keys are recomputed inside
-    each step (cheaper than the registers that holding them would cost).
+    each step (cheaper than the registers that holding them would cost), the coarse cuts are
+    run-time loops, and the compaction and the draw over the row (whose ranks and noise would
+    otherwise be held for the whole row at once) run an eighth of the row at a time.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_rows = rows < n_rows
@@ -227,9 +283,9 @@ def _sample_resident_kernel(
     row_off = rows.to(tl.int64) * stride_row
     x = _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab)
     bad = tl.sum(((x != x) | (x == float("inf"))).to(tl.int32), axis=1)
-    m = tl.max(tl.where(x == x, x, NEG_INF), axis=1)
+    m = tl.max(tl.where(x == x, x, NEG_INF), axis=1).to(tl.float32)
     invalid = (bad > 0) | (m == NEG_INF)
-    x = tl.where(invalid[:, None], NEG_INF, x)
+    x = tl.where(invalid[:, None], tl.full([1, 1], NEG_INF, x.dtype), x)
     m = tl.where(invalid, 0.0, m)
     first = tl.argmax(x, axis=1)
     # -- 2. coarse cut
@@ -240,18 +296,19 @@ def _sample_resident_kernel(
     if USE_TOPK:
         xlo = tl.min(tl.where(x > NEG_INF, x, m[:, None]), axis=1)
         span = m - xlo
-        for j in tl.static_range(1, RADIX):
+        for j in range(1, RADIX):
             v = m - span * (j / RADIX)
             take = ~found & (tl.sum((x >= v[:, None]).to(tl.int32), axis=1) >= top_k)
             cut_x = tl.where(take, v, cut_x)
             found = found | take
     elif USE_TOPP:
-        w64 = exp_weight((x - m[:, None]) * inv_t).to(tl.float64)
-        need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(w64, axis=1) * TOPP_SLACK
+        w = exp_weight(_scaled(x, m, inv_t, m * 0.0))
+        need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(w.to(tl.float64), axis=1) * TOPP_SLACK
         v = tl.full([BLOCK_R], 1.0, tl.float32)
-        for _j in tl.static_range(1, RADIX):
+        for _j in range(1, RADIX):
             v = v * 0.5
-            take = ~found & (tl.sum(tl.where(w64 > v[:, None], w64, 0.0), axis=1) >= need)
+            w = exp_weight(_scaled(x, m, inv_t, v * 0.0))
+            take = ~found & (tl.sum(tl.where(w > v[:, None], w.to(tl.float64), 0.0), axis=1) >= need)
             cut_w = tl.where(take, v, cut_w)
             found = found | take
     elif not GREEDY:
@@ -264,11 +321,26 @@ def _sample_resident_kernel(
     if fits:
         # -- 3a. compact the candidates (id order); decide and draw among them
         zero = n_cand.to(tl.float32) * 0.0
-        cand = _candidates(x, m, inv_t, cut_x, cut_w, lower, zero, USE_TOPP and not USE_TOPK)
         slot_base = rows.to(tl.int64) * SLOTS
-        rank = tl.cumsum(cand.to(tl.int32), axis=1) - 1
-        tl.store(slot_x_ptr + slot_base[:, None] + rank, x, mask=cand)
-        tl.store(slot_col_ptr + slot_base[:, None] + rank, cols[None, :] + rank * 0, mask=cand)
+        # an eighth of the row at a time: the ranks of only an eighth of the elements are held
+        x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
+        filled = tl.zeros([BLOCK_R], dtype=tl.int32)
+        filled = _compact_part(x_0, 0, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_1, 1, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_2, 2, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_3, 3, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_4, 4, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_5, 5, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_6, 6, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        filled = _compact_part(x_7, 7, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         tl.debug_barrier()
         slots = tl.arange(0, SLOTS)
         have = slots[None, :] < n_cand[:, None]
@@ -321,15 +393,33 @@ def _sample_resident_kernel(
             lo = float_key(tl.min(tl.where(w > 0.0, w, 1.0), axis=1))
             hi = float_key(tl.max(w, axis=1))
             w_thr = _topp_threshold(x, m, inv_t, x_thr, need, tl.where(invalid, hi, lo), hi)
-        s = _scaled(x, m, inv_t, n_cand.to(tl.float32) * 0.0)
-        w = exp_weight(s)
         if GREEDY:
             token = first.to(tl.int32)
+            w = exp_weight(_scaled(x, m, inv_t, n_cand.to(tl.float32) * 0.0))
+            w_tok = tl.sum(tl.where(cols[None, :] == token[:, None], w, 0.0), axis=1)
         else:
-            kept = (x >= x_thr[:, None]) & (w >= w_thr[:, None])
-            score = tl.where(kept, s - _gumbel(seed, cols[None, :], row_id[:, None], offset), NEG_INF)
-            token = tl.argmax(score, axis=1).to(tl.int32)
-        w_tok = tl.sum(tl.where(cols[None, :] == token[:, None], w, 0.0), axis=1)
+            # the draw an eighth of the row at a time (see _eighths), so that the noise of only an
+            # eighth of the elements is in flight
+            x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
+            best = tl.full([BLOCK_R], NEG_INF, tl.float32)
+            token = tl.full([BLOCK_R], -1, tl.int32)
+            w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
+            best, token, w_tok = _draw_part(x_0, 0, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_1, 1, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_2, 2, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_3, 3, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_4, 4, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_5, 5, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_6, 6, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
+            best, token, w_tok = _draw_part(x_7, 7, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
+                                            offset, BLOCK_V // 8)
     # -- 4. float64 sums over the kept set of the resident row
     s = _scaled(x, m, inv_t, w_tok * 0.0)
     w = exp_weight(s)
