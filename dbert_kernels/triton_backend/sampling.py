@@ -87,18 +87,12 @@ def _reveal(rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, H
 
 
 @triton.jit
-def _load_row(logits_ptr, row_off, active, banned_ptr, cols, vocab):
-    """Logits [BLOCK_R, n] of the columns ``cols`` in their own dtype; -inf where banned, outside
-    the row or in a row that is not read."""
+def _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab):
+    """Float32 logits [BLOCK_R, n] of the columns ``cols``; -inf where banned, outside the row
+    or in a row that is not read."""
     inb = cols < vocab
     allowed = active[:, None] & (inb & (tl.load(banned_ptr + cols, mask=inb, other=1) == 0))[None, :]
-    return tl.load(logits_ptr + row_off[:, None] + cols[None, :], mask=allowed, other=NEG_INF)
-
-
-@triton.jit
-def _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab):
-    """:func:`_load_row` as float32."""
-    return _load_row(logits_ptr, row_off, active, banned_ptr, cols, vocab).to(tl.float32)
+    return tl.load(logits_ptr + row_off[:, None] + cols[None, :], mask=allowed, other=NEG_INF).to(tl.float32)
 
 
 @triton.jit
@@ -283,9 +277,9 @@ def _sample_resident_kernel(
     row_off = rows.to(tl.int64) * stride_row
     x = _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab)
     bad = tl.sum(((x != x) | (x == float("inf"))).to(tl.int32), axis=1)
-    m = tl.max(tl.where(x == x, x, NEG_INF), axis=1).to(tl.float32)
+    m = tl.max(tl.where(x == x, x, NEG_INF), axis=1)
     invalid = (bad > 0) | (m == NEG_INF)
-    x = tl.where(invalid[:, None], tl.full([1, 1], NEG_INF, x.dtype), x)
+    x = tl.where(invalid[:, None], NEG_INF, x)
     m = tl.where(invalid, 0.0, m)
     first = tl.argmax(x, axis=1)
     # -- 2. coarse cut
