@@ -124,6 +124,10 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
     split = encode(tok, test, seq_len)
     refs = normalise_references(tok, corpus.test, seq_len)
 
+    from .decoding import confidence_profile
+
+    note("confidence profile")
+    profile = confidence_profile(bert, corpus.valid[:128])
     note("test perplexities")
     torch.manual_seed(0)
     perplexity = {
@@ -189,6 +193,7 @@ def run_tradeoff(checkpoint: str, baseline: str, judge_dir: str, device: torch.d
     return {
         "checkpoint": str(checkpoint), "baseline": str(baseline), "judge": str(judge_dir), "config": asdict(cfg),
         "data": corpus.source, "seq_len": seq_len, "test_sentences": len(test), "perplexity": perplexity,
+        "confidence_profile": profile,
         "reference": reference, "training": {n: _training_summary(p) for n, p in
                                              (("diffusionbert", bert.path), ("gpt2", gpt.path), ("judge", judge.path))},
         "results": results,
@@ -241,6 +246,13 @@ def lines(t: dict[str, Any], png_name: str | None = None) -> list[str]:
         r = p[name]
         out.append(f"| {name} | {r['bound']} | {_f(r['perplexity'])} | {_f(r['perplexity_per_token'])} | "
                    f"{_f(r['nats_per_token'])} |")
+    prof = t.get("confidence_profile")
+    if prof:
+        out += ["", f"DiffusionBERT's certainty with half of the real tokens of {prof['positions']} validation positions "
+                f"masked: median top-1 probability {prof['median_top_prob']:.3f}, above 0.5 / 0.7 / 0.9: "
+                f"{prof['frac_above_0.5']:.1%} / {prof['frac_above_0.7']:.1%} / {prof['frac_above_0.9']:.1%}, "
+                f"argmax right {prof['argmax_accuracy']:.1%} (the adaptive strategies reveal what is above their "
+                "threshold or within their entropy bound)."]
     if png_name:
         out += ["", f"![tokens/s against judge perplexity]({png_name})"]
     batches = t["config"]["batches"]

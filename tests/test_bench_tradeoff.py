@@ -35,6 +35,8 @@ def test_quick_tradeoff_run_times_and_judges_every_setting(tmp_path, capsys) -> 
         assert q["texts"] == len(q["samples"]) == 4 and q["gen_ppl"] > 1 and 0 <= q["bleu4"] <= 1 and 0 <= q["distinct_1"] <= 1
     assert t["perplexity"]["gpt2"]["bound"] == "exact" and t["perplexity"]["diffusionbert"]["perplexity_per_token"] > 1
     assert t["training"]["gpt2"]["arch"] == "gpt2" and t["training"]["judge"]["seed"] == 1
+    prof = t["confidence_profile"]
+    assert prof["positions"] > 0 and 0 < prof["median_top_prob"] <= 1 and 0 <= prof["argmax_accuracy"] <= 1
     saved = json.loads((out / "cpu-tradeoff.json").read_text())
     assert saved["tradeoff"]["results"] == json.loads(json.dumps(t["results"]))
     md = (out / "cpu-tradeoff.md").read_text()
