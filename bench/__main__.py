@@ -170,7 +170,7 @@ def run_tradeoff(args: argparse.Namespace, device: torch.device, bar: Any) -> di
     cfg = tradeoff.config_for(device.type, quick=args.quick)
     res = tradeoff.run_tradeoff(args.checkpoint, args.baseline, args.judge, device, cfg,
                                 progress=lambda s: bar.set_postfix_str(s))
-    bar.update(len(cfg.steps) + len(cfg.gpt_variants))
+    bar.update(len(cfg.steps) + len(cfg.strategies) + len(cfg.gpt_variants))
     return res
 
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         total += len(cfg.quality_steps)
     if "tradeoff" in sections:
         tc = tradeoff.config_for(device.type, quick=args.quick)
-        total += len(tc.steps) + len(tc.gpt_variants)
+        total += len(tc.steps) + len(tc.strategies) + len(tc.gpt_variants)
     env = report.environment(device)
     res: dict[str, Any] = {
         "schema": 1, "mode": cfg.mode, "command": "python -m bench " + shlex.join(argv), "started": started,
