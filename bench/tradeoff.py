@@ -65,10 +65,10 @@ STRATEGIES: tuple[tuple[str, int, dict[str, Any]], ...] = (
      {"strategy": "entropy_bound", "gamma": 1.0, "block_length": 16, "cache": "dual"}),
 )
 
-#: The CPU grid is sized for a shared 2-core machine (about 5 minutes of one idle core); the GPU
+#: The CPU grid is sized for a shared 2-core machine (about 6 minutes of one core); the GPU
 #: grid gives the quality figures more samples.
 _CONFIGS = {
-    "cpu": TradeoffConfig(strategies=STRATEGIES),
+    "cpu": TradeoffConfig(strategies=STRATEGIES, samples=64, repeats=3),
     "cuda": TradeoffConfig(steps=(4, 8, 16, 32, 64, 128), strategies=STRATEGIES,
                            gpt_variants=("kv-cache", "static-compile"), samples=512, quality_batch=128,
                            test_sentences=None, elbo_samples=4, repeats=5),
