@@ -258,15 +258,17 @@ def lines(t: dict[str, Any], png_name: str | None = None) -> list[str]:
     batches = t["config"]["batches"]
     ref = t["reference"]
     out += ["", f"Speed and sample quality ({t['config']['samples']} samples per setting; judge perplexity of the "
-            f"test sentences themselves: {_f(ref['gen_ppl'])}, their distinct-2 {_f(ref['distinct_2'], 3)}, "
+            f"test sentences themselves: {_f(ref['gen_ppl'])} at {ref['tokens'] / ref['texts']:.1f} tokens per "
+            f"sentence, their distinct-2 {_f(ref['distinct_2'], 3)}, "
             f"Self-BLEU {_f(ref['self_bleu4'], 3)}):", "",
             "| setting | calls | " + " | ".join(f"tokens/s b={b}" for b in batches)
-            + " | judge PPL | distinct-1/2/3 | repetition | BLEU-4 | Self-BLEU |",
-            "|---|---|" + "---|" * len(batches) + "---|---|---|---|---|"]
+            + " | judge PPL | tokens / sample (empty) | distinct-1/2/3 | repetition | BLEU-4 | Self-BLEU |",
+            "|---|---|" + "---|" * len(batches) + "---|---|---|---|---|---|"]
     for r in t["results"]:
         q = r["quality"]
         speeds = " | ".join(f"{s['tokens_per_s']:.0f}" for s in r["speed"])
-        out.append(f"| {r['setting']} | {r['denoiser_calls']:g} | {speeds} | {_f(q['gen_ppl'])} | "
+        length = f"{q['tokens'] / q['texts']:.1f} ({q['empty']})" if "tokens" in q else "-"
+        out.append(f"| {r['setting']} | {r['denoiser_calls']:g} | {speeds} | {_f(q['gen_ppl'])} | {length} | "
                    f"{q['distinct_1']:.3f} / {q['distinct_2']:.3f} / {q['distinct_3']:.3f} | {q['repetition']:.3f} | "
                    f"{q['bleu4']:.3f} | {q['self_bleu4']:.3f} |")
     out += ["", "Examples:", ""]
