@@ -35,7 +35,7 @@ def test_generate_threshold_blocks_cache_show_steps(checkpoint, capsys) -> None:
     [
         (["--strategy", "threshold", "--threshold", "1.5"], "threshold"),
         (["--strategy", "entropy_bound", "--gamma", "0"], "gamma"),
-        (["--block-length", "0"], "block_length"),
+        (["--block-length", "0"], "--block-length"),
     ],
 )
 def test_generate_bad_decoding_flags_exit_2_with_one_line(checkpoint, capsys, flags, word) -> None:
