@@ -281,8 +281,7 @@ def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[st
 
 def _check_decoding(args: argparse.Namespace) -> None:
     """Refuse bad decoding flags before the model is loaded (the same checks as the sampler's)."""
-    from dbert_kernels import Schedule
-    from dbert_kernels.sampler import make_strategy
+    from dbert_kernels import Schedule, make_strategy
 
     make_strategy(args.strategy, Schedule.d3pm(), confidence=args.confidence, threshold=args.threshold,
                   gamma=args.gamma, min_per_step=args.min_per_step, max_per_step=args.max_per_step)
