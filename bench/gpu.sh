@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one GPU command: CUDA correctness tests, then kernel timings, then end to end vs GPT-2, then
 # (with TRADEOFF_RUNS=DIR of trained checkpoints) speed against quality vs the GPT-2 baseline.
-# Sized for at most 8 minutes on an H100 (traffic: DRAM bytes per kernel launch under Nsight Compute): each part has a time budget (enforced with `timeout`),
+# Sized for at most 8 minutes on an H100: each part has a time budget (enforced with `timeout`),
 # and a part whose budget no longer fits in what is left of the total is skipped and listed.
+# The traffic part reads DRAM bytes per sampling-kernel launch under Nsight Compute.
 # Results (named after the card) go to bench/results/. Needs only what the GPU machines have
 # (torch, triton, transformers, pytest, safetensors; pytest-xdist if present): the repository is
 # put on the import path (no install, no network). Triton compiles each kernel variant once

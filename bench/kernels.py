@@ -198,16 +198,17 @@ def _variant_params(vocab: int, device: torch.device) -> list[tuple[str, Any]]:
 def _compile_one(task: tuple[int, str, int, bool | None]) -> str:
     """Compile (by launching once on one row) one Triton sampling variant; returns an error or ''."""
     vocab, dtype, index, resident = task
+    name = TRITON_VARIANTS[index][0]
     try:
         device = torch.device("cuda")
-        name, params = _variant_params(vocab, device)[index]
+        params = _variant_params(vocab, device)[index][1]
         x = torch.randn(1, vocab, device=device).to(_DTYPES[dtype])
         _triton_caller(params, torch.ones(1, device=device), torch.zeros(1, dtype=torch.int64, device=device),
                        device, resident)(x, 0)
         torch.cuda.synchronize()
         return ""
     except Exception as exc:  # reported by the caller; the timing run then shows the same error
-        return f"{vocab} {dtype} {name if 'name' in locals() else index} resident={resident}: {exc!r}"
+        return f"{vocab} {dtype} {name} resident={resident}: {exc!r}"
 
 
 def compile_in_parallel(vocabs: Sequence[int], dtypes: Sequence[str], jobs: int) -> list[str]:

@@ -295,14 +295,14 @@ def plot(t: dict[str, Any], path: Path, title: str) -> bool:
     for ax, batch in zip(axes[0], batches, strict=True):
         pts = [(next(s["tokens_per_s"] for s in r["speed"] if s["batch"] == batch), r["quality"]["gen_ppl"], r)
                for r in t["results"]]
-        diff = [(x, y, r) for x, y, r in pts if r["model"] == "diffusionbert" and r["variant"] == "posterior"
-                and r["setting"].endswith(" steps")]
+        diffusion = [(x, y, r) for x, y, r in pts if r["model"] == "diffusionbert"]
+        diff = [p for p in diffusion if p[2]["setting"] == f"{p[2]['steps']} steps"]  # the step counts
         if diff:
             ax.plot([x for x, _, _ in diff], [y for _, y, _ in diff], "o-", color="tab:blue",
                     label="DiffusionBERT, posterior")
             for x, y, r in diff:
                 ax.annotate(f"{r['steps']} steps", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        others = [(x, y, r) for x, y, r in pts if r["model"] == "diffusionbert" and all(r is not d[2] for d in diff)]
+        others = [p for p in diffusion if p[2]["setting"] != f"{p[2]['steps']} steps"]  # the strategies
         for (x, y, r), marker in zip(others, "^v<>PX", strict=False):
             ax.plot([x], [y], marker, ms=8, color="tab:green", ls="none",
                     label=f"{r['setting']} ({r['denoiser_calls']:g} calls)")

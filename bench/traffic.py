@@ -1,11 +1,11 @@
 """Memory traffic of the Triton sampling kernels, read by Nsight Compute on a GPU.
 
-    ncu --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum -k regex:_sample \\
+    ncu --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k regex:_sample \\
         python -m bench.traffic
 
 launches each sampling kernel (resident and streamed) once per case on ``[rows, V]`` logits and
 prints, before each launch, the case and the bytes of its logits; Nsight Compute prints each
-launch's DRAM bytes read and written and its L2 traffic. One read of each row is DRAM bytes read
+launch's DRAM bytes read and written and its duration. One read of each row is DRAM bytes read
 ~= the logits' bytes; the streamed kernel re-reads the row once per pass (mostly from L2 when the
 rows in flight fit there); spills show up as local-memory traffic on top. ``bash bench/gpu.sh``
 runs it when ``ncu`` is installed.
@@ -17,9 +17,7 @@ import argparse
 
 import torch
 
-from .kernels import TRITON_VARIANTS, _triton_caller, _variant_params
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+from .kernels import _DTYPES, _LOGIT_SCALE, TRITON_VARIANTS, _triton_caller, _variant_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     row_index = torch.arange(args.rows, device=device)
     launch = 0
     for dtype in args.dtypes.split(","):
-        x = (torch.randn(args.rows, args.vocab, device=device) * 3.0).to(_DTYPES[dtype])
+        x = (torch.randn(args.rows, args.vocab, device=device) * _LOGIT_SCALE).to(_DTYPES[dtype])
         for name, params in _variant_params(args.vocab, device):
             if name not in wanted:
                 continue
