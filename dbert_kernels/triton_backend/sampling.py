@@ -317,24 +317,11 @@ def _sample_resident_kernel(
         zero = n_cand.to(tl.float32) * 0.0
         slot_base = rows.to(tl.int64) * SLOTS
         # an eighth of the row at a time: the ranks of only an eighth of the elements are held
-        x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
+        parts = _eighths(x, BLOCK_R, BLOCK_V)
         filled = tl.zeros([BLOCK_R], dtype=tl.int32)
-        filled = _compact_part(x_0, 0, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_1, 1, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_2, 2, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_3, 3, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_4, 4, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_5, 5, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_6, 6, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
-        filled = _compact_part(x_7, 7, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
-                               slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
+        for q in tl.static_range(8):
+            filled = _compact_part(parts[q], q, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
+                                   slot_base, USE_TOPP and not USE_TOPK, BLOCK_V // 8)
         tl.debug_barrier()
         slots = tl.arange(0, SLOTS)
         have = slots[None, :] < n_cand[:, None]
@@ -394,26 +381,13 @@ def _sample_resident_kernel(
         else:
             # the draw an eighth of the row at a time (see _eighths), so that the noise of only an
             # eighth of the elements is in flight
-            x_0, x_1, x_2, x_3, x_4, x_5, x_6, x_7 = _eighths(x, BLOCK_R, BLOCK_V)
+            draw_parts = _eighths(x, BLOCK_R, BLOCK_V)
             best = tl.full([BLOCK_R], NEG_INF, tl.float32)
             token = tl.full([BLOCK_R], -1, tl.int32)
             w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
-            best, token, w_tok = _draw_part(x_0, 0, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_1, 1, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_2, 2, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_3, 3, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_4, 4, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_5, 5, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_6, 6, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
-            best, token, w_tok = _draw_part(x_7, 7, best, token, w_tok, m, inv_t, x_thr, w_thr, seed, row_id,
-                                            offset, BLOCK_V // 8)
+            for q in tl.static_range(8):
+                best, token, w_tok = _draw_part(draw_parts[q], q, best, token, w_tok, m, inv_t, x_thr, w_thr, seed,
+                                                row_id, offset, BLOCK_V // 8)
     # -- 4. float64 sums over the kept set of the resident row
     s = _scaled(x, m, inv_t, w_tok * 0.0)
     w = exp_weight(s)
