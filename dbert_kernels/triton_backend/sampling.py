@@ -310,6 +310,7 @@ def _sample_resident_kernel(
     n_cand = tl.sum(_candidates(x, m, inv_t, cut_x, cut_w, lower, m * 0.0, USE_TOPP and not USE_TOPK).to(tl.int32),
                     axis=1)
     fits = tl.max(n_cand, axis=0) <= SLOTS
+    parts = _eighths(x, BLOCK_R, BLOCK_V)  # views of the resident row for the steps that walk it in parts
     x_thr = tl.full([BLOCK_R], NEG_INF, tl.float32)  # kept: x >= x_thr and w >= w_thr
     w_thr = tl.zeros([BLOCK_R], dtype=tl.float32)
     if fits:
@@ -317,7 +318,6 @@ def _sample_resident_kernel(
         zero = n_cand.to(tl.float32) * 0.0
         slot_base = rows.to(tl.int64) * SLOTS
         # an eighth of the row at a time: the ranks of only an eighth of the elements are held
-        parts = _eighths(x, BLOCK_R, BLOCK_V)
         filled = tl.zeros([BLOCK_R], dtype=tl.int32)
         for q in tl.static_range(8):
             filled = _compact_part(parts[q], q, filled, m, inv_t, cut_x, cut_w, lower, slot_x_ptr, slot_col_ptr,
@@ -379,14 +379,13 @@ def _sample_resident_kernel(
             w = exp_weight(_scaled(x, m, inv_t, n_cand.to(tl.float32) * 0.0))
             w_tok = tl.sum(tl.where(cols[None, :] == token[:, None], w, 0.0), axis=1)
         else:
-            # the draw an eighth of the row at a time (see _eighths), so that the noise of only an
-            # eighth of the elements is in flight
-            draw_parts = _eighths(x, BLOCK_R, BLOCK_V)
+            # the draw an eighth of the row at a time, so that the noise of only an eighth of the
+            # elements is in flight
             best = tl.full([BLOCK_R], NEG_INF, tl.float32)
             token = tl.full([BLOCK_R], -1, tl.int32)
             w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
             for q in tl.static_range(8):
-                best, token, w_tok = _draw_part(draw_parts[q], q, best, token, w_tok, m, inv_t, x_thr, w_thr, seed,
+                best, token, w_tok = _draw_part(parts[q], q, best, token, w_tok, m, inv_t, x_thr, w_thr, seed,
                                                 row_id, offset, BLOCK_V // 8)
     # -- 4. float64 sums over the kept set of the resident row
     s = _scaled(x, m, inv_t, w_tok * 0.0)
