@@ -25,17 +25,17 @@ fi
 PY=${PYTHON:-python3}
 OUT=bench/results
 TOTAL_S=${GPU_TOTAL_S:-480}
-JOBS=${GPU_JOBS:-8}  # test processes and kernel-compiling processes
+JOBS=${GPU_JOBS:-$(nproc 2>/dev/null || echo 8)}  # test processes and kernel-compiling processes (Triton compiles on the CPU)
 XDIST=""
 if $PY -c 'import xdist' 2>/dev/null; then XDIST="-n $JOBS"; fi
 # part name | budget in seconds | command
 PARTS=(
   "environment|10|$PY -c 'import dbert_kernels, dbert_model, torch, triton, transformers; print(\"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__, \"cuda\", torch.version.cuda)'; nvidia-smi -L || true"
-  "cuda-tests|140|$PY -m pytest -p no:cacheprovider -m cuda -v --tb=short -rfE $XDIST tests/test_backends_equivalence.py tests/test_distributions.py tests/test_triton_kernels.py tests/test_triton_integration.py tests/test_compile.py"
-  "kernel-timings|110|$PY -m bench.kernels --out $OUT --compile-jobs $JOBS"
-  "traffic|40|NCU=\$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1); if [ -n \"\$NCU\" ]; then \$NCU --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k regex:_sample $PY -m bench.traffic; else echo 'traffic: ncu not found, not measured'; fi"
-  "end-to-end|120|$PY -m bench --device cuda --only e2e --no-progress --budget-s 70 --out $OUT"
-  "tradeoff|60|if [ -z \"\${TRADEOFF_RUNS:-}\" ]; then echo 'tradeoff: set TRADEOFF_RUNS=DIR (diffusion/, gpt2/, judge/ from bash bench/tradeoff.sh) to run it'; else $PY -m bench --device cuda --only tradeoff --no-progress --out $OUT --checkpoint \$TRADEOFF_RUNS/diffusion --baseline \$TRADEOFF_RUNS/gpt2 --judge \$TRADEOFF_RUNS/judge; fi"
+  "cuda-tests|170|$PY -m pytest -p no:cacheprovider -m cuda -v --tb=short -rfE $XDIST tests/test_triton_integration.py tests/test_backends_equivalence.py tests/test_triton_kernels.py tests/test_distributions.py tests/test_compile.py"
+  "kernel-timings|150|$PY -m bench.kernels --out $OUT --compile-jobs $JOBS"
+  "traffic|30|NCU=\$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1); if [ -n \"\$NCU\" ]; then \$NCU --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k regex:_sample $PY -m bench.traffic; else echo 'traffic: ncu not found, not measured'; fi"
+  "end-to-end|90|$PY -m bench --device cuda --only e2e --no-progress --budget-s 60 --out $OUT"
+  "tradeoff|30|if [ -z \"\${TRADEOFF_RUNS:-}\" ]; then echo 'tradeoff: set TRADEOFF_RUNS=DIR (diffusion/, gpt2/, judge/ from bash bench/tradeoff.sh) to run it'; else $PY -m bench --device cuda --only tradeoff --no-progress --out $OUT --checkpoint \$TRADEOFF_RUNS/diffusion --baseline \$TRADEOFF_RUNS/gpt2 --judge \$TRADEOFF_RUNS/judge; fi"
 )
 
 plan() {

@@ -52,7 +52,7 @@ def _cpu_name() -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -60,7 +60,7 @@ def _git_commit() -> str | None:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Device name, core count, package versions, commit and platform of this run."""
+    """Device name, core count, package versions, commit (``-dirty`` when the tree differs) and platform of this run."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         extra: dict[str, Any] = {"cuda": torch.version.cuda,

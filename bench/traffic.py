@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, params in _variant_params(args.vocab, device):
             if name not in wanted:
                 continue
-            for resident in (None, False):
+            for resident in (True, False):
                 kernel = "streamed" if resident is False else "resident-if-fits"
                 print(f"launch {launch}: {args.rows}x{args.vocab} {dtype} {name} kernel={kernel} "
                       f"logits_bytes={x.numel() * x.element_size()}", flush=True)

@@ -13,6 +13,8 @@ GPU, whose log/exp may differ from the CPU's by an ulp, a Gumbel near-tie may pi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -130,14 +132,16 @@ def test_sample_absorbing_equals_reference(backend: str, device: str, dev: torch
 
 
 def test_sample_ties(backend: str, dev: torch.device) -> None:
-    """Integer logits with many exact ties: greedy takes the lower id, top-k keeps all ties."""
+    """Integer logits with many exact ties: greedy takes the lower id, top-k keeps all ties; rows
+    of 9000 have their ties in several blocks of the streamed kernel (2048 or 4096 wide)."""
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randint(-3, 3, (64, 97), generator=gen).float().to(dev)
-    for kwargs in (dict(temperature=0.0), dict(temperature=1.0, top_k=3), dict(temperature=0.0, top_p=0.5),
-                   dict(temperature=1.0, top_p=0.4)):
-        ref_out = dk.sample(logits, banned_ids=[], seed=1, backend="reference", **kwargs)
-        out = dk.sample(logits, banned_ids=[], seed=1, backend=backend, **kwargs)
-        _assert_same_draws(dev, out[0], out[1], ref_out[0], ref_out[1], kwargs)
+    for rows, vocab in ((64, 97), (16, 9000)):
+        logits = torch.randint(-3, 3, (rows, vocab), generator=gen).float().to(dev)
+        for kwargs in (dict(temperature=0.0), dict(temperature=1.0, top_k=3), dict(temperature=0.0, top_p=0.5),
+                       dict(temperature=1.0, top_p=0.4)):
+            ref_out = dk.sample(logits, banned_ids=[], seed=1, backend="reference", **kwargs)
+            out = dk.sample(logits, banned_ids=[], seed=1, backend=backend, **kwargs)
+            _assert_same_draws(dev, out[0], out[1], ref_out[0], ref_out[1], (vocab, kwargs))
 
 
 def test_sample_bert_vocabulary(backend: str, dev: torch.device) -> None:
@@ -175,6 +179,33 @@ KERNEL_PATHS = [
 ]
 
 
+def _kernel_path_inputs(dev: torch.device, dtype: torch.dtype, seed: int, banned_at: Callable[[int], list[int]]):
+    """Logits, banned ids (``banned_at(vocab)``), unmask probabilities (all 1) and row ids for the
+    ``KERNEL_PATHS`` tests."""
+    vocab, rows = (300, 37) if dev.type == "cpu" else (30522, 2048)
+    logits = _logits(rows, vocab, seed, dtype, scale=2.5, dev=dev)
+    banned = torch.zeros(vocab, dtype=torch.bool, device=dev)
+    banned[banned_at(vocab)] = True
+    return logits, banned, torch.ones(rows, device=dev), torch.arange(rows, device=dev)
+
+
+def _path_params(banned: torch.Tensor):
+    """(case, SamplingParams with entropy and margin) of each of ``KERNEL_PATHS``."""
+    for temperature, top_k, top_p in KERNEL_PATHS:
+        yield (temperature, top_k, top_p), SamplingParams.create(
+            temperature=temperature, top_k=top_k, top_p=top_p, banned=banned, with_entropy=True, with_margin=True)
+
+
+def _triton_sample(logits, prob, banned, row_index, params: SamplingParams, resident: bool):
+    """The Triton sampling launcher on the inputs of ``_kernel_path_inputs`` (seed 5, offset 3)."""
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend.sampling import launch_sample
+
+    return launch_sample(logits, None, prob, banned, row_index, rng_tensor(5, 3, logits.device), -1,
+                         params.inv_temperature, params.greedy, params.top_k, params.top_p, True, True,
+                         resident=resident)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_entropy_and_margin_equal_reference(backend: str, dev: torch.device, dtype: torch.dtype) -> None:
     """Tokens, confidence, entropy and margin equal the reference's bit for bit (on the CPU).
@@ -182,34 +213,45 @@ def test_entropy_and_margin_equal_reference(backend: str, dev: torch.device, dty
     The Triton backend is run through both of its sampling kernels (row resident in registers,
     and streamed), whichever the dispatcher would pick.
     """
-    from dbert_kernels.random import rng_tensor
-
-    vocab, rows = (300, 37) if dev.type == "cpu" else (30522, 2048)
-    logits = _logits(rows, vocab, 21, dtype, scale=2.5, dev=dev)
-    banned = torch.zeros(vocab, dtype=torch.bool, device=dev)
-    banned[[0, vocab // 2]] = True
-    prob = torch.ones(rows, device=dev)
-    row_index = torch.arange(rows, device=dev)
+    logits, banned, prob, row_index = _kernel_path_inputs(dev, dtype, 21, lambda v: [0, v // 2])
     impl = resolve_backend(backend, dev)[1]
-    for temperature, top_k, top_p in KERNEL_PATHS:
-        params = SamplingParams.create(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned,
-                                       with_entropy=True, with_margin=True)
+    for path, params in _path_params(banned):
         want = ref.sample(logits, None, prob, row_index, -1, params, 5, 3)
         if backend == "triton":
-            from dbert_kernels.triton_backend.sampling import launch_sample
-
-            runs = {f"resident={r}": launch_sample(
-                logits, None, prob, banned, row_index, rng_tensor(5, 3, dev), -1, params.inv_temperature,
-                params.greedy, params.top_k, params.top_p, True, True, resident=r) for r in (True, False)}
+            runs = {f"resident={r}": _triton_sample(logits, prob, banned, row_index, params, r) for r in (True, False)}
         else:
             runs = {backend: impl.sample(logits, None, prob, row_index, -1, params, 5, 3)}
         for name, got in runs.items():
-            case = (temperature, top_k, top_p, name)
+            case = (*path, name)
             if dev.type == "cpu":
                 for g, w in zip(got, want, strict=True):
                     assert torch.equal(g, w), case
             else:  # GPU log/exp may move a Gumbel near-tie by one ulp
                 assert int((got[0] != want[0]).sum()) <= 2, case
+
+
+@pytest.mark.parametrize("parts", [2, 8])
+def test_triton_resident_kernel_in_parts_equals_reference(backend: str, dev: torch.device, parts: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resident kernel walking the row in ``parts`` parts (8 on a GPU, 1 under the
+    interpreter unless set) gives the reference's tokens on every path; confidence, entropy and
+    margin agree to rounding (its float64 sums add the parts' lanes in another order)."""
+    if backend != "triton":
+        pytest.skip("a Triton kernel's setting")
+    from dbert_kernels.triton_backend import sampling
+
+    monkeypatch.setattr(sampling, "RESIDENT_PARTS", parts)
+    logits, banned, prob, row_index = _kernel_path_inputs(dev, torch.bfloat16, 22, lambda v: [1, v - 1])
+    for path, params in _path_params(banned):
+        want = ref.sample(logits, None, prob, row_index, -1, params, 5, 3)
+        got = _triton_sample(logits, prob, banned, row_index, params, resident=True)
+        case = (*path, parts)
+        if dev.type == "cpu":
+            assert torch.equal(got[0], want[0]), case
+            for g, w in zip(got[1:], want[1:], strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7, equal_nan=True, msg=str(case))
+        else:
+            assert int((got[0] != want[0]).sum()) <= 2, case
 
 
 def test_entropy_matches_filtered_distribution(backend: str, dev: torch.device) -> None:

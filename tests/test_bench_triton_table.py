@@ -24,10 +24,12 @@ def interpreted() -> None:
 def test_table_has_every_variant_and_sampler(interpreted: None) -> None:
     rows = list(kernels.triton_sampling_table(3, 300, torch.float32, torch.device("cpu"), warmup=0, repeats=1))
     assert [r["case"].split(" ", 3)[3] for r in rows] == [v[0] for v in kernels.TRITON_VARIANTS]
+    # the launcher's default kernel: resident with top-k (the row fits), streamed otherwise
+    assert [r["kernel"] for r in rows] == ["resident" if v[2] else "streamed" for v in kernels.TRITON_VARIANTS]
     for r in rows:
         assert r["errors"] == []
-        assert r["kernel"] == "resident"
-        for col in ("copy_ms", "multinomial_ms", "reference_ms", "triton_ms", "triton_streamed_ms"):
+        assert r["triton_ms"] == r[f"triton_{r['kernel']}_ms"]
+        for col in ("copy_ms", "multinomial_ms", "reference_ms", "triton_resident_ms", "triton_streamed_ms"):
             assert math.isfinite(r[col]) and r[col] > 0, (r["case"], col)
 
 
@@ -47,8 +49,8 @@ def test_a_failing_sampler_keeps_the_other_columns(interpreted: None, monkeypatc
 def test_compile_task_reports_instead_of_raising() -> None:
     if torch.cuda.is_available():
         pytest.skip("the error path needs a machine without CUDA")
-    error = kernels._compile_one((64, "float32", 2, None))
-    assert error.startswith("64 float32") and "resident=None" in error
+    error = kernels._compile_one((64, "float32", 2, True))
+    assert error.startswith("64 float32") and "resident=True" in error
 
 
 def test_traffic_script_launches_each_kernel_once_per_case(interpreted: None, capsys: pytest.CaptureFixture) -> None:

@@ -4,6 +4,8 @@ the reference, the sampler loop included, is in ``tests/test_backends_equivalenc
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -115,21 +117,48 @@ def test_cuda_graph_capture_of_a_sampling_step():
         assert torch.equal(static_ent, want_ent)
 
 
+def _compiler_env() -> dict[str, str]:
+    """This process's environment without ``TRITON_INTERPRET``: ``compile_check`` compiles."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 @pytest.mark.interpreter
 def test_kernels_compile_for_a_gpu_target_without_a_gpu():
     """The compiler (not the interpreter) accepts every kernel: built for sm_90 with Triton's own
     toolchain, in a subprocess without TRITON_INTERPRET."""
     pytest.importorskip("triton")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "dbert_kernels.triton_backend.compile_check", "--quick"],
-                         env=env, capture_output=True, text=True)
+                         env=_compiler_env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count(": ok in") == 9
     resident = next(line for line in out.stdout.splitlines() if line.startswith("sample_resident"))
     streamed = next(line for line in out.stdout.splitlines() if line.startswith("sample_streamed"))
     # the resident kernel reads the logits once; the streamed one once per pass (in loops)
     assert "logits loads 1 (in loops 0)" in resident, resident
-    assert "in loops 0)" not in streamed, streamed
+    loads, looped = re.search(r"logits loads (\d+) \(in loops (\d+)\)", streamed).groups()
+    assert int(loads) > 1 and looped == loads, streamed
+    # two independent reads of the cubin agree: spilled bytes (its resource table) and spill
+    # instructions (its SASS)
+    for line in out.stdout.splitlines()[1:]:
+        spilled, instructions = re.search(r"spilled bytes (\d+) \(spill instructions (\d+) of \d+", line).groups()
+        assert (spilled == "0") == (instructions == "0"), line
+
+
+@pytest.mark.interpreter
+def test_compile_check_finds_spill_instructions_and_loops_in_sass():
+    """``spill_instructions`` counts the local-memory instructions of a SASS listing and those
+    between a backward branch and its target; NOP padding and forward branches are no code / no loop."""
+    pytest.importorskip("triton")
+    sass = "\n".join(f"        /*{address:04x}*/  {text} ;  /* 0x0 */" for address, text in [
+        (0x00, "MOV R1, c[0x0][0x28]"), (0x10, "STL [R1], R2"), (0x20, "@P1 BRA 0x50"),
+        (0x30, "LDL R3, [R1]"), (0x40, "@P0 BRA 0x30"), (0x50, "STL.64 [R1+0x8], R4"),
+        (0x60, "EXIT"), (0x70, "BRA 0x70"), (0x80, "NOP"), (0x90, "NOP"),
+    ])
+    code = ("import sys; from dbert_kernels.triton_backend.compile_check import spill_instructions; "
+            "print(spill_instructions(sys.stdin.read()))")
+    out = subprocess.run([sys.executable, "-c", code], input=sass, env=_compiler_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(8, 3, 1)"
 
 
 def test_gpu_script_dry_run_prints_the_plan_within_budget():

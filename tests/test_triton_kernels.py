@@ -162,3 +162,95 @@ def test_gumbel_noise_tail_is_exact_beyond_fp32_limit(device):
         tail = (int(j[below][-1]) + 1) / 2.0**46  # P(E < e**-x) on the grid
         exact = -math.expm1(-threshold)
         assert abs(tail / exact - 1.0) < 1e-3, (x, tail, exact)
+
+
+class _LaunchCounter:
+    """Stands in for a ``@triton.jit`` kernel and counts its launches (``kernel[grid](...)``)."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_launcher_picks_the_resident_kernel_for_top_k_on_rows_that_fit(device, monkeypatch):
+    """``resident=None`` runs the kernel :func:`picks_resident` names: the resident one with top-k
+    on a row that fits, the streamed one without top-k or when the row is too long; True and False
+    force a kernel (True falls back to the streamed one when the row does not fit)."""
+    from dbert_kernels.triton_backend import sampling
+
+    dev = require_triton(device)
+    assert sampling.picks_resident(30522, torch.bfloat16, 30)
+    assert sampling.picks_resident(50257, torch.bfloat16, 30)
+    assert not sampling.picks_resident(50257, torch.float32, 30)  # block 65536 > 32768 for fp32
+    assert not sampling.picks_resident(30522, torch.bfloat16, 0)
+    assert not sampling.picks_resident(300, torch.float32, 300)  # top_k >= V: no top-k
+    counters = {name: _LaunchCounter(getattr(sampling, name)) for name in ("_sample_resident_kernel", "_sample_kernel")}
+    for name, counter in counters.items():
+        monkeypatch.setattr(sampling, name, counter)
+    row_index = torch.arange(3, device=dev)
+    prob = torch.ones(3, device=dev)
+
+    def kernel_run(top_k: int, resident: bool | None, vocab: int = 300) -> str:
+        before = {name: c.launches for name, c in counters.items()}
+        logits = torch.randn(3, vocab, device=dev)
+        banned = torch.zeros(vocab, dtype=torch.bool, device=dev)
+        sampling.launch_sample(logits, None, prob, banned, row_index, torch.zeros(2, dtype=torch.int64, device=dev), -1, 1.0, False, top_k, 1.0,
+                               False, False, resident=resident)
+        (ran,) = [name for name, c in counters.items() if c.launches > before[name]]
+        return "resident" if ran == "_sample_resident_kernel" else "streamed"
+
+    assert kernel_run(30, None) == "resident"
+    assert kernel_run(0, None) == "streamed"
+    assert kernel_run(0, True) == "resident"
+    assert kernel_run(30, False) == "streamed"
+    long = 1 + sampling.RESIDENT_MAX_BLOCK[4]
+    assert kernel_run(30, True, vocab=long) == "streamed"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resident_top_k_candidates_come_from_the_first_pivot_with_k_above(device):
+    """The resident kernel's coarse top-k cut is the first of the pivots ``m - span * j / 16``
+    (j = 1..15, float32) with at least k allowed logits at or above it: the candidates that take
+    slots are exactly the finite logits at or above that pivot (a cut one pivot too low would
+    still give the right tokens, only more slow-path rows)."""
+    import numpy as np
+
+    from dbert_kernels.random import rng_tensor
+    from dbert_kernels.triton_backend import sampling
+    from dbert_kernels.triton_backend.launch import LAUNCH_OPTIONS
+
+    dev = require_triton(device)
+    g = torch.Generator().manual_seed(5)
+    rows, vocab, k = 16, 3001, 30
+    x = torch.randn(rows, vocab, generator=g) * 3
+    x[3, :40] = 50.0  # a block of equal largest values
+    x[5, 100:] = float("-inf")
+    banned = torch.zeros(vocab, dtype=torch.bool)
+    banned[[0, 7]] = True
+    want = []
+    for row in x.masked_fill(banned, float("-inf")).numpy():
+        m = row[np.isfinite(row)].max()
+        span = np.float32(m - np.where(row > -np.inf, row, m).min())
+        pivots = [np.float32(m - np.float32(span * np.float32(j / 16))) for j in range(1, 16)]
+        cut = next((v for v in pivots if (row >= v).sum() >= k), -np.inf)
+        want.append(int(((row >= cut) & np.isfinite(row)).sum()))
+    block = sampling.resident_block(vocab, torch.float32)
+    block_r = rows if device == "cpu" else 1
+    slot_n = torch.zeros(rows, dtype=torch.int32, device=dev)
+    out = torch.empty(rows, dtype=torch.int64, device=dev)
+    conf = torch.empty(rows, device=dev)
+    x, banned = x.to(dev), banned.to(dev)
+    sampling._sample_resident_kernel[(rows // block_r,)](
+        x, x.stride(0), out, torch.ones(rows, device=dev), banned.view(torch.int8), torch.arange(rows, device=dev),
+        rng_tensor(1, 0, dev), out, conf, conf, conf, torch.empty(rows, sampling.COMPACT_SLOTS, device=dev),
+        torch.empty(rows, sampling.COMPACT_SLOTS, dtype=torch.int32, device=dev), slot_n, rows, vocab, -1, 1.0, k, 1.0,
+        HAS_IDS=False, GREEDY=False, USE_TOPK=True, USE_TOPP=False, WITH_ENTROPY=False, WITH_MARGIN=False,
+        BLOCK_R=block_r, BLOCK_V=block, SLOTS=sampling.COMPACT_SLOTS, PARTS=sampling.resident_parts(block),
+        num_warps=4 if device == "cpu" else sampling.resident_warps(block), **LAUNCH_OPTIONS,
+    )
+    assert max(want) <= sampling.COMPACT_SLOTS  # every row takes the slot path
+    assert slot_n.cpu().tolist() == want

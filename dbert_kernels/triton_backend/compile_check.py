@@ -5,10 +5,12 @@ their resources.
 
 Catches what the interpreter accepts but the compiler rejects, on a machine with no GPU, and
 reports per variant: registers per thread, spilled bytes (the per-thread stack of the cubin, read
-with the bundled ``cuobjdump``), shared memory, and the number of global loads of the logits in the
-generated Triton IR (``tt.load`` ops whose pointer derives from ``logits_ptr``; ``in loops`` counts
-those inside a loop, i.e. executed once per pass). ``--strict`` fails when a production sampling
-variant spills. Exits non-zero on the first kernel that does not compile.
+with the bundled ``cuobjdump``), the spill instructions in its SASS (local-memory stores and
+reloads, and how many of them sit inside a loop: a spill outside every loop costs once per row,
+one inside a loop once per pass), shared memory, and the number of global loads of the logits in
+the generated Triton IR (``tt.load`` ops whose pointer derives from ``logits_ptr``; ``in loops``
+counts those inside a loop, i.e. executed once per pass). ``--strict`` fails when a production
+sampling variant spills. Exits non-zero on the first kernel that does not compile.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _SAMPLE_COMMON = {
 }
 _SCALARS = {"n_rows": "i32", "vocab": "i32", "mask_id": "i32", "inv_t": "fp32", "top_k": "i32", "top_p": "fp32"}
 _STREAMED_SIG = dict(_SAMPLE_COMMON, **_SCALARS)
-_RESIDENT_SIG = dict(_SAMPLE_COMMON, slot_x_ptr="*fp32", slot_col_ptr="*i32", **_SCALARS)
+_RESIDENT_SIG = dict(_SAMPLE_COMMON, slot_x_ptr="*fp32", slot_col_ptr="*i32", slot_n_ptr="*i32", **_SCALARS)
 _MASK_SIG = {
     "ids_ptr": "*i64", "base_ptr": "*fp32", "amp_ptr": "*fp32", "info_ptr": "*fp32", "protected_ptr": "*i8",
     "rng_ptr": "*i64", "out_ids_ptr": "*i64", "out_mask_ptr": "*i8", "length": "i32", "mask_id": "i32",
@@ -62,7 +64,8 @@ def _variants(quick: bool, production: bool = False):
     for (greedy, topk, topp), (dtype, block) in itertools.product(flavours, blocks):
         sig = dict(_RESIDENT_SIG, logits_ptr=f"*{dtype}")
         consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp, WITH_ENTROPY=False,
-                      WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=block, SLOTS=sampling.COMPACT_SLOTS)
+                      WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=block, SLOTS=sampling.COMPACT_SLOTS,
+                      PARTS=sampling.resident_parts(block))
         yield ("sample_resident", sampling._sample_resident_kernel, sig, consts, sampling.resident_warps(block),
                (greedy, topk, topp) in PRODUCTION and block == 32768)
     for greedy, topk, topp in flavours:
@@ -75,23 +78,51 @@ def _variants(quick: bool, production: bool = False):
         yield "topk_unmask", unmask._topk_unmask_kernel, _UNMASK_SIG, dict(USE_GUMBEL=gumbel, BLOCK_L=512), 4, False
 
 
-def _resources(cubin: bytes) -> dict[str, int]:
-    """REG / STACK / SHARED / LOCAL of the cubin's kernel (bundled cuobjdump); empty if unavailable."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """The bundled ``cuobjdump <flag>`` of a cubin; empty if unavailable."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         try:
-            text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                                  check=True).stdout
+            return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
-            return {}
+            return ""
+
+
+def _resources(cubin: bytes) -> dict[str, int]:
+    """REG / STACK / SHARED / LOCAL of the cubin's kernel (bundled cuobjdump); empty if unavailable."""
+    text = _cuobjdump(cubin, "--dump-resource-usage")
     return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text.split("Function", 1)[-1])}
 
 
+def spill_instructions(sass: str) -> tuple[int, int, int]:
+    """(instructions, spill instructions, spill instructions inside a loop) of a ``cuobjdump -sass``
+    listing with one kernel.
+
+    ``NOP`` padding is not counted. Spill instructions are the local-memory stores and reloads
+    (``STL`` / ``LDL``); one is inside a loop when it lies between a backward branch (``BRA`` to a
+    lower address) and its target.
+    """
+    code = [(int(a, 16), text) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)
+            if not text.startswith("NOP")]
+    loops = []
+    for address, text in code:
+        target = re.search(r"\bBRA\b.*\b0x([0-9a-f]+)\s*$", text)
+        if target and int(target.group(1), 16) <= address:
+            loops.append((int(target.group(1), 16), address))
+    spills = [address for address, text in code if re.search(r"\b(LDL|STL)\b", text)]
+    looped = sum(any(lo <= a <= hi for lo, hi in loops) for a in spills)
+    return len(code), len(spills), looped
+
+
 def logits_loads(ttir: str) -> tuple[int, int]:
-    """(global loads whose pointer derives from ``%logits_ptr``, how many of them sit in a loop)."""
-    derived = {"%logits_ptr"}
+    """(global loads whose pointer derives from ``%logits_ptr``, how many of them sit in a loop).
+
+    The printed IR reuses value names in sibling regions, so the derived pointers are tracked per
+    region: a region sees its parents' and its own, not a sibling's.
+    """
+    scopes: list[set[str]] = [{"%logits_ptr"}]  # derived pointers visible in each open region
     loads = in_loop = 0
     blocks: list[bool] = []  # open regions: is each one a loop body?
     for line in ttir.splitlines():
@@ -99,11 +130,15 @@ def logits_loads(ttir: str) -> tuple[int, int]:
         if stripped.startswith("}"):
             if blocks:
                 blocks.pop()
+                scopes.pop()
             if stripped.endswith("{"):  # "} do {" of scf.while, "} else {" of scf.if
                 blocks.append(" do " in stripped or (len(blocks) > 0 and blocks[-1]))
+                scopes.append(set(scopes[-1]))
             continue
         if stripped.endswith("{"):
             blocks.append(bool(re.search(r"\bscf\.(for|while)\b", stripped)) or any(blocks))
+            scopes.append(set(scopes[-1]))
+        derived = scopes[-1]
         m = re.match(r"(%[\w.#]+)(?::\d+)? = (\S+) (.*)", stripped)
         if not m:
             continue
@@ -129,9 +164,14 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, produ
         signature = dict(sig, **{k: "constexpr" for k in consts})
         keys = list(signature)
         start = time.perf_counter()
-        src = ASTSource(fn=fn, signature=signature, constexprs={(keys.index(k),): v for k, v in consts.items()})
+        # pointers 16-byte aligned, as a launch on PyTorch's allocations marks them (integers are
+        # not specialised: V = 30522 and its row stride are not multiples of 16)
+        aligned = {(keys.index(k),): [["tt.divisibility", 16]] for k, v in sig.items() if v.startswith("*")}
+        src = ASTSource(fn=fn, signature=signature, constexprs={(keys.index(k),): v for k, v in consts.items()},
+                        attrs=aligned)
         kernel = triton.compile(src, target=target, options={"enable_fp_fusion": False, "num_warps": warps})
         res = _resources(kernel.asm["cubin"])
+        n_code, n_spill, spill_looped = spill_instructions(_cuobjdump(kernel.asm["cubin"], "-sass"))
         flags = {k: v for k, v in consts.items() if k in ("GREEDY", "USE_TOPK", "USE_TOPP", "FORM", "USE_GUMBEL")}
         loads = ""
         if name.startswith("sample"):
@@ -141,7 +181,8 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, produ
         lines.append(
             f"{name} {sig.get('logits_ptr', '')[1:]} block={consts.get('BLOCK_V', consts.get('BLOCK_L'))} warps={warps} "
             f"{flags}: ok in {time.perf_counter() - start:.1f} s, registers {res.get('REG', '?')}, "
-            f"spilled bytes {spill}, shared {kernel.metadata.shared}{loads}{' [production]' if is_production else ''}"
+            f"spilled bytes {spill} (spill instructions {n_spill} of {n_code}, in loops {spill_looped}), "
+            f"shared {kernel.metadata.shared}{loads}{' [production]' if is_production else ''}"
         )
         if strict and is_production and spill:
             raise RuntimeError("a production variant spills: " + lines[-1])
