@@ -15,7 +15,7 @@ import argparse
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,10 +68,34 @@ class Budget:
         return self.seconds is None or self.elapsed() < self.seconds
 
 
-def _bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+class _NoBar:
+    """Stands in for a tqdm bar (no progress shown) where tqdm is not installed or not wanted."""
 
-    return tqdm(total=total, desc="bench", unit="case", disable=not enabled, file=sys.stderr)
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="bench", unit="case", file=sys.stderr)
+
+
+Save = Callable[[], None]
+
+
+def _no_save() -> None:
+    pass
 
 
 def _backends(arg: str | None, device: torch.device) -> list[str]:
@@ -85,23 +109,30 @@ def _backends(arg: str | None, device: torch.device) -> list[str]:
     return wanted
 
 
-def run_kernels(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget) -> dict:
+def run_kernels(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget,
+                section: dict | None = None, save: Save = _no_save) -> dict:
+    """The kernel section; fills ``section`` (a new dict by default) as it goes and calls
+    ``save()`` after each case, so that a run killed part-way keeps what it measured."""
     copy_bps = kernels.measure_copy(device, cfg.kernels)
-    results, skipped = [], []
+    section = {} if section is None else section
+    section.update({"copy_GBps": copy_bps / 1e9, "copy_bytes": cfg.kernels.copy_bytes, "backends": backends,
+                    "results": [], "skipped": []})
+    results, skipped = section["results"], section["skipped"]
     for case in kernels.kernel_cases(cfg.kernels):
         bar.set_postfix_str(f"{case.op} {case.variant} {case.rows}x{case.vocab} {case.dtype}")
         if budget.ok():
             results += kernels.run_kernel_case(case, device, backends, cfg.kernels, copy_bps)
+            save()
         else:
             skipped.append(f"kernel {case.op} {case.variant} rows={case.rows} V={case.vocab} {case.dtype} (budget)")
         bar.update(1)
-    return {"copy_GBps": copy_bps / 1e9, "copy_bytes": cfg.kernels.copy_bytes, "backends": backends,
-            "results": results, "skipped": skipped}
+    return section
 
 
 def _consume(runs: Iterator[dict], n: int, label: str, out: list[dict], skipped: list[str], bar: Any,
-             budget: Budget) -> None:
-    """Take up to ``n`` results from the lazy ``runs`` while the budget lasts.
+             budget: Budget, save: Save = _no_save) -> None:
+    """Take up to ``n`` results from the lazy ``runs`` while the budget lasts, calling ``save()``
+    after each one.
 
     A configuration that raises ends this group (listed in ``skipped`` with its error) and keeps
     what was measured before it and in the other groups.
@@ -120,34 +151,51 @@ def _consume(runs: Iterator[dict], n: int, label: str, out: list[dict], skipped:
             return
         bar.set_postfix_str(f"{label} " + " ".join(f"{k}={r[k]}" for k in ("tokens", "batch", "steps") if k in r))
         out.append(r)
+        save()
         bar.update(1)
 
 
-def run_e2e(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget) -> dict:
+def _add_ratios(section: dict) -> None:
+    """``ratio_vs_gpt`` of each DiffusionBERT result: its tokens/s over each GPT-2 variant's
+    (same tokens and batch) measured so far."""
+    for r in section["diffusion"]:
+        r["ratio_vs_gpt"] = {
+            g["variant"]: r["tokens_per_s"] / g["tokens_per_s"]
+            for g in section["gpt"] if g["tokens"] == r["tokens"] and g["batch"] == r["batch"]
+        }
+
+
+def run_e2e(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget,
+            section: dict | None = None, save: Save = _no_save) -> dict:
+    """The end-to-end section; fills ``section`` (a new dict by default) as it goes and calls
+    ``save()`` after each configuration (GPT-2 or DiffusionBERT), with the ratios so far."""
     ec = cfg.e2e
-    gpt, gpt_info = e2e.build_gpt2(ec, device)
-    bert, bert_info = e2e.build_bert(ec, device)
-    gpt_results: list[dict] = []
-    diffusion: list[dict] = []
-    skipped: list[str] = []
+    section = {} if section is None else section
+    section.update({"config": asdict(ec), "models": {}, "backends": backends, "diffusion": [], "gpt": [],
+                    "skipped": []})
+    gpt, section["models"]["gpt2"] = e2e.build_gpt2(ec, device)
+    bert, section["models"]["diffusionbert"] = e2e.build_bert(ec, device)
+    gpt_results, diffusion, skipped = section["gpt"], section["diffusion"], section["skipped"]
+
+    def save_with_ratios() -> None:
+        _add_ratios(section)
+        save()
+
     n_gpt = len(ec.tokens) * len(ec.batches)
     n_diff = len(ec.tokens) * len(ec.batches) * len(ec.steps) * len(backends)
     # the cheap GPT baseline first, the compiled one last, so that a budget cut keeps the ratios
     first, rest = ec.gpt_variants[:1], ec.gpt_variants[1:]
     for v in first:
-        _consume(e2e.gpt_runs(gpt, ec, device, v), n_gpt, f"GPT-2 {v}", gpt_results, skipped, bar, budget)
+        _consume(e2e.gpt_runs(gpt, ec, device, v), n_gpt, f"GPT-2 {v}", gpt_results, skipped, bar, budget,
+                 save_with_ratios)
     _consume(e2e.diffusion_runs(bert, ec, device, backends), n_diff, "DiffusionBERT", diffusion, skipped, bar,
-             budget)
+             budget, save_with_ratios)
     del bert
     for v in rest:
-        _consume(e2e.gpt_runs(gpt, ec, device, v), n_gpt, f"GPT-2 {v}", gpt_results, skipped, bar, budget)
-    for r in diffusion:
-        r["ratio_vs_gpt"] = {
-            g["variant"]: r["tokens_per_s"] / g["tokens_per_s"]
-            for g in gpt_results if g["tokens"] == r["tokens"] and g["batch"] == r["batch"]
-        }
-    return {"config": asdict(ec), "models": {"diffusionbert": bert_info, "gpt2": gpt_info},
-            "backends": backends, "diffusion": diffusion, "gpt": gpt_results, "skipped": skipped}
+        _consume(e2e.gpt_runs(gpt, ec, device, v), n_gpt, f"GPT-2 {v}", gpt_results, skipped, bar, budget,
+                 save_with_ratios)
+    _add_ratios(section)
+    return section
 
 
 def run_quality(cfg: BenchConfig, device: torch.device, checkpoint: str | None, bar: Any) -> dict:
@@ -211,22 +259,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "schema": 1, "mode": cfg.mode, "command": "python -m bench " + shlex.join(argv), "started": started,
         "environment": env, "config": cfg.as_dict(), "notes": [*([report.RANDOM_WEIGHTS_NOTE] if "e2e" in sections else []), *args.note],
     }
+    tag = report.device_tag(env)
+    if not {"kernels", "e2e"} <= set(sections):  # a partial run must not overwrite the full one
+        tag += "-" + "-".join(sections)
+
+    def save() -> None:
+        """JSON + markdown of what is measured so far (no plot), after each measurement: a run
+        stopped by ``timeout`` (bench/gpu.sh) keeps its results."""
+        res["duration_s"] = budget.elapsed()
+        report.write_results(res, out_dir, tag, with_plot=False)
+
+    res["in_progress"] = True
     bar = _bar(total, not args.no_progress)
     try:
         if "kernels" in sections:
-            res["kernels"] = run_kernels(cfg, device, backends, bar, budget)
+            res["kernels"] = {}
+            run_kernels(cfg, device, backends, bar, budget, res["kernels"], save)
         if "e2e" in sections:
-            res["e2e"] = run_e2e(cfg, device, backends, bar, budget)
+            res["e2e"] = {}
+            run_e2e(cfg, device, backends, bar, budget, res["e2e"], save)
         if "quality" in sections:
             res["quality"] = run_quality(cfg, device, args.checkpoint, bar)
         if "tradeoff" in sections:
             res["tradeoff"] = run_tradeoff(args, device, bar)
     finally:
         bar.close()
+    del res["in_progress"]
     res["duration_s"] = budget.elapsed()
-    tag = report.device_tag(env)
-    if not {"kernels", "e2e"} <= set(sections):  # a partial run must not overwrite the full one
-        tag += "-" + "-".join(sections)
     paths = report.write_results(res, out_dir, tag)
     print(report.markdown(res, None))
     print("results: " + ", ".join(str(p) for p in paths.values()))

@@ -164,23 +164,26 @@ def measure_copy(device: torch.device, cfg: KernelConfig) -> float:
     return copy_bandwidth(device, cfg.copy_bytes, warmup=max(cfg.warmup, 2), repeats=max(cfg.repeats, 5))
 
 
-# --- Triton kernel table (the GPU script's kernel timings): old and new sampling kernels, the
+# --- Triton kernel table (the GPU script's kernel timings): the Triton sampling launcher, the
 # reference path, torch.multinomial and a device-to-device copy of the same bytes, side by side.
 
 TRITON_VARIANTS = (("T=1", 1.0, 0, 1.0), ("greedy", 0.0, 0, 1.0), ("top-k 30", 1.0, 30, 1.0),
                    ("top-p 0.9", 1.0, 0, 0.9), ("top-k 30 + top-p 0.9", 0.8, 30, 0.9))
 
+TABLE_COLUMNS = ("copy_ms", "multinomial_ms", "reference_ms", "triton_ms", "triton_read_bandwidth_vs_copy",
+                 "triton_vs_reference")
 
-def _triton_caller(params: Any, prob: torch.Tensor, row_index: torch.Tensor, device: torch.device,
-                   resident: bool | None) -> Callable[[torch.Tensor, int], Any]:
-    """``fn(logits, i)``: the Triton sampling launcher with ``params`` (no validation, seed 7, offset i)."""
+
+def _triton_caller(params: Any, prob: torch.Tensor, row_index: torch.Tensor,
+                   device: torch.device) -> Callable[[torch.Tensor, int], Any]:
+    """``fn(logits, i)``: the Triton sampling launcher (the kernel it picks by default) with
+    ``params`` (no validation, seed 7, offset i)."""
     from dbert_kernels.random import rng_tensor
     from dbert_kernels.triton_backend.sampling import launch_sample
 
     def call(x: torch.Tensor, i: int) -> Any:
         return launch_sample(x, None, prob, params.banned, row_index, rng_tensor(7, i, device), -1,
-                             params.inv_temperature, params.greedy, params.top_k, params.top_p, False, False,
-                             resident=resident)
+                             params.inv_temperature, params.greedy, params.top_k, params.top_p, False, False)
     return call
 
 
@@ -195,36 +198,75 @@ def _variant_params(vocab: int, device: torch.device) -> list[tuple[str, Any]]:
             for name, temperature, top_k, top_p in TRITON_VARIANTS]
 
 
-def _compile_one(task: tuple[int, str, int, bool | None]) -> str:
-    """Compile (by launching once on one row) one Triton sampling variant; returns an error or ''."""
-    vocab, dtype, index, resident = task
+def compile_rows(rows: int) -> int:
+    """Rows of the launch that compiles the kernel of a ``rows``-row table: Triton specialises an
+    integer argument on ``== 1`` and on divisibility by 16, so 16 (or 17) rows give the binary of
+    any larger row count with the same property, at a fraction of the memory."""
+    if rows <= 16:
+        return rows
+    return 16 if rows % 16 == 0 else 17
+
+
+def _compile_one(task: tuple[str, int, int, str, int]) -> str:
+    """Compile (by launching once on a few rows) one Triton sampling variant; returns an error or ''."""
+    device_type, rows, vocab, dtype, index = task
     name = TRITON_VARIANTS[index][0]
     try:
-        device = torch.device("cuda")
+        device = torch.device(device_type)
         params = _variant_params(vocab, device)[index][1]
-        x = torch.randn(1, vocab, device=device).to(_DTYPES[dtype])
-        _triton_caller(params, torch.ones(1, device=device), torch.zeros(1, dtype=torch.int64, device=device),
-                       device, resident)(x, 0)
-        torch.cuda.synchronize()
+        n = compile_rows(rows)
+        x = torch.randn(n, vocab, device=device).to(_DTYPES[dtype])
+        _triton_caller(params, torch.ones(n, device=device), torch.arange(n, device=device), device)(x, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return ""
     except Exception as exc:  # reported by the caller; the timing run then shows the same error
-        return f"{vocab} {dtype} {name} resident={resident}: {exc!r}"
+        return f"{vocab} {dtype} {name}: {exc!r}"[:500]
 
 
-def compile_in_parallel(vocabs: Sequence[int], dtypes: Sequence[str], jobs: int) -> list[str]:
-    """JIT-compile every Triton sampling variant of the table in ``jobs`` processes.
+class ShapeCompiler:
+    """Compiles the Triton variants of each shape ``(vocab, dtype)`` in ``jobs`` processes, in
+    the order of ``shapes``, into Triton's on-disk cache (``TRITON_CACHE_DIR``), where the timing
+    process finds them; :meth:`wait` blocks until one shape's variants are compiled, so the timings
+    of a shape start as soon as its own variants are ready while the next shapes compile
+    (``jobs == 0``: nothing is compiled ahead; the first timed call compiles).
 
-    Triton compiles one kernel at a time in a process (tens of seconds for a resident variant);
-    the compiled kernels land in Triton's on-disk cache, where the timing process finds them (the
-    kernels do not specialise on the row count, so a one-row launch compiles the same binary).
-    Returns the errors, one line each.
+    Triton compiles one kernel at a time per process (seconds to tens of seconds per variant).
     """
-    import multiprocessing
 
-    tasks = [(v, d, i, r) for v in vocabs for d in dtypes for i in range(len(TRITON_VARIANTS))
-             for r in (True, False)]
-    with multiprocessing.get_context("spawn").Pool(max(1, min(jobs, len(tasks)))) as pool:
-        return [e for e in pool.map(_compile_one, tasks, chunksize=1) if e]
+    def __init__(self, shapes: Sequence[tuple[int, str]], rows: int, device: torch.device, jobs: int) -> None:
+        self.futures: dict[tuple[int, str], list[Any]] = {}
+        self.pool = None
+        if jobs <= 0:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        n_tasks = len(shapes) * len(TRITON_VARIANTS)
+        self.pool = ProcessPoolExecutor(max(1, min(jobs, n_tasks)), mp_context=multiprocessing.get_context("spawn"))
+        for vocab, dtype in shapes:  # submitted in order: the workers take the first shape first
+            self.futures[(vocab, dtype)] = [self.pool.submit(_compile_one, (device.type, rows, vocab, dtype, i))
+                                            for i in range(len(TRITON_VARIANTS))]
+
+    def wait(self, vocab: int, dtype: str) -> tuple[float, list[str]]:
+        """Seconds waited for the variants of ``(vocab, dtype)`` and their compile errors."""
+        import time
+
+        start = time.perf_counter()
+        errors = []
+        for future in self.futures.pop((vocab, dtype), []):
+            try:
+                errors.append(future.result())
+            except Exception as exc:  # a worker that died (e.g. out of memory)
+                errors.append(f"{vocab} {dtype}: compile process failed: {exc!r}"[:500])
+        if not self.futures:
+            self.close()
+        return time.perf_counter() - start, [e for e in errors if e]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
 
 def triton_sampling_table(rows: int, vocab: int, dtype: torch.dtype, device: torch.device,
@@ -232,14 +274,11 @@ def triton_sampling_table(rows: int, vocab: int, dtype: torch.dtype, device: tor
     """Milliseconds per call of each sampler on ``[rows, vocab]`` logits of ``dtype``, one row per variant.
 
     Columns: ``copy`` (read + write of the logits' bytes, the speed of light of one read is half
-    of it), ``multinomial`` (``softmax`` + ``torch.multinomial``, no filter), ``reference``,
-    ``triton_resident`` (the row read once; the streamed kernel where the row does not fit) and
-    ``triton_streamed`` (the chunked kernel); ``kernel`` names the one the launcher picks by
-    default (``picks_resident``) and ``triton`` is its time. A sampler that fails gets NaN and its
-    error in ``errors`` (the other columns are still measured).
+    of it), ``multinomial`` (``softmax`` + ``torch.multinomial``, no filter), ``reference`` and
+    ``triton`` (the launcher, with the kernel it picks by default). A sampler that fails gets NaN
+    and its error in ``errors`` (the other columns are still measured).
     """
     from dbert_kernels import reference as ref
-    from dbert_kernels.triton_backend.sampling import picks_resident, resident_block
 
     gen = torch.Generator(device=device).manual_seed(0)
     nbytes = rows * vocab * torch.empty((), dtype=dtype).element_size()
@@ -250,32 +289,35 @@ def triton_sampling_table(rows: int, vocab: int, dtype: torch.dtype, device: tor
     copy_s = nbytes * 2 / copy_bandwidth(device, nbytes, warmup=warmup, repeats=repeats)
     multinomial = time_calls(lambda x, i: torch.multinomial(torch.softmax(x.float(), -1), 1), inputs, device,
                              warmup=warmup, repeats=repeats).median_s
-    fits = resident_block(vocab, dtype) > 0
     for name, params in _variant_params(vocab, device):
-        kernel = "resident" if picks_resident(vocab, dtype, params.top_k) else "streamed"
-        row = {"case": f"sample {rows}x{vocab} {str(dtype)[6:]} {name}", "kernel": kernel, "bytes": nbytes,
+        row = {"case": f"sample {rows}x{vocab} {str(dtype)[6:]} {name}", "bytes": nbytes,
                "copy_ms": copy_s * 1e3, "multinomial_ms": multinomial * 1e3, "errors": []}
         for label, fn in (
             ("reference", lambda x, i, p=params: ref.sample(x, None, prob, row_index, -1, p, 7, i)),
-            ("triton_resident", _triton_caller(params, prob, row_index, device, True)),
-            ("triton_streamed", _triton_caller(params, prob, row_index, device, False)),
+            ("triton", _triton_caller(params, prob, row_index, device)),
         ):
-            if label == "triton_resident" and not fits:  # the same launch as the streamed one
-                row[f"{label}_ms"] = float("nan")
-                continue
             try:
                 row[f"{label}_ms"] = time_calls(fn, inputs, device, warmup=warmup, repeats=repeats).median_s * 1e3
             except Exception as exc:  # one failing sampler must not lose the others' numbers
                 row[f"{label}_ms"] = float("nan")
                 row["errors"].append(f"{label}: {exc!r}"[:500])
-        row["triton_ms"] = row[f"triton_{kernel}_ms"]
         row["triton_read_bandwidth_vs_copy"] = copy_s / 2 / (row["triton_ms"] / 1e3)
         row["triton_vs_reference"] = row["reference_ms"] / row["triton_ms"]
         yield row
 
 
+def table_markdown(title: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown of the Triton kernel table: one line per case, then the errors."""
+    lines = [f"# {title}", "", f"{meta}", "",
+             "| case | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
+    lines += [f"| {r['case']} | " + " | ".join(f"{r[c]:.4g}" for c in TABLE_COLUMNS) + " |" for r in rows]
+    errors = [f"- {r['case']}: {e}" for r in rows for e in r["errors"]]
+    return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m bench.kernels --out DIR``: the Triton kernel table on the CUDA device."""
+    """``python -m bench.kernels --out DIR``: the Triton kernel table on the CUDA device (or, with
+    ``--device cpu`` under ``TRITON_INTERPRET=1``, a rehearsal of the same code at tiny sizes)."""
     import argparse
     import json
     import os
@@ -286,51 +328,64 @@ def main(argv: list[str] | None = None) -> None:
 
     import triton
 
+    from .report import write_atomic
+
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--device", default="cuda",
+                        help="cuda; cpu runs the kernels under the Triton interpreter (TRITON_INTERPRET=1): a rehearsal")
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--vocabs", default="30522,50257")
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--compile-jobs", type=int, default=min(12, os.cpu_count() or 1),
-                        help="processes that compile the kernels before the timings (0: compile while timing)")
+                        help="processes that compile each shape's variants ahead of its timings, the next "
+                             "shapes while one is timed (0: the first timed call compiles)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("python -m bench.kernels times the Triton kernels on a CUDA GPU; none is visible")
-    device = torch.device("cuda")
-    card = torch.cuda.get_device_name()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("python -m bench.kernels times the Triton kernels on a CUDA GPU; none is visible")
+        card = torch.cuda.get_device_name()
+        statistic = "median of CUDA-event times"
+    else:
+        if "triton" not in dk.available_backends(device):
+            raise SystemExit(f"the Triton backend does not run on {device} here (set TRITON_INTERPRET=1 for the CPU)")
+        card = "cpu_interpreter"
+        statistic = "median of wall times under the Triton interpreter (a rehearsal: not a speed)"
     vocabs = [int(v) for v in args.vocabs.split(",")]
     dtypes = [d.strip() for d in args.dtypes.split(",")]
     meta = {"device": card, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": "python -m bench.kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "statistic": "median of CUDA-event times", "rows": args.rows}
-    if args.compile_jobs > 0:
-        start = time.perf_counter()
-        errors = compile_in_parallel(vocabs, dtypes, args.compile_jobs)
-        meta["compile_s"] = round(time.perf_counter() - start, 1)
-        print(f"compiled the Triton variants in {meta['compile_s']} s with {args.compile_jobs} processes", flush=True)
-        for e in errors:
-            print("compile error:", e, flush=True)
+            "statistic": statistic, "rows": args.rows, "compile_jobs": args.compile_jobs,
+            "compile_wait_s": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"triton_kernels_{re.sub(r'[^A-Za-z0-9]+', '_', card).strip('_')}"
-    cols = ["copy_ms", "multinomial_ms", "reference_ms", "triton_resident_ms", "triton_streamed_ms", "triton_ms",
-            "triton_read_bandwidth_vs_copy", "triton_vs_reference"]
     rows: list[dict[str, Any]] = []
 
     def write() -> None:  # after every row, so that a run cut short keeps what it measured
-        stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-        lines = [f"# Triton sampling kernels on {card}", "", f"{meta}", "",
-                 "| case | kernel | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-        lines += [f"| {r['case']} | {r['kernel']} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
-        errors = [f"- {r['case']}: {e}" for r in rows for e in r["errors"]]
-        stem.with_suffix(".md").write_text("\n".join(lines + ([""] + errors if errors else [])) + "\n")
+        write_atomic(stem.with_suffix(".json"), json.dumps({"meta": meta, "results": rows}, indent=2))
+        write_atomic(stem.with_suffix(".md"), table_markdown(f"Triton sampling kernels on {card}", meta, rows))
 
-    for vocab in vocabs:
-        for dtype in dtypes:
-            for r in triton_sampling_table(args.rows, vocab, _DTYPES[dtype], device):
+    shapes = [(vocab, dtype) for vocab in vocabs for dtype in dtypes]
+    compiler = ShapeCompiler(shapes, args.rows, device, args.compile_jobs)
+    try:
+        for vocab, dtype in shapes:
+            waited, errors = compiler.wait(vocab, dtype)
+            meta["compile_wait_s"][f"{vocab} {dtype}"] = round(waited, 1)
+            if args.compile_jobs > 0:
+                print(f"V={vocab} {dtype}: waited {waited:.1f} s for its variants to compile", flush=True)
+            for e in errors:
+                print("compile error:", e, flush=True)
+            for r in triton_sampling_table(args.rows, vocab, _DTYPES[dtype], device, args.warmup, args.repeats):
                 rows.append(r)
                 write()
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()),
+                      flush=True)
+    finally:
+        compiler.close()
     print(f"wrote {stem}.json and .md")
 
 

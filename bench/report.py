@@ -13,13 +13,15 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["environment", "device_tag", "write_results", "markdown", "plot", "write_index"]
+__all__ = ["environment", "device_tag", "write_results", "markdown", "plot", "write_index", "import_pyplot",
+           "write_atomic"]
 
 RANDOM_WEIGHTS_NOTE = (
     "End-to-end models use random weights: speed does not depend on the weights "
@@ -31,6 +33,29 @@ PAPER_TABLE3 = (
     "For comparison, the paper (Table 3, one A100, batch not stated): DiffusionBERT 16 steps 1.80 s "
     "(PPL 75.66), 64 steps 4.25 s (65.83), 128 steps 7.53 s (63.78); GPT 64 tokens 1.55 s (PPL 38.7)."
 )
+
+
+def import_pyplot(what: str) -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a one-line note on stderr) when
+    matplotlib is not installed: plots are optional, the tables and the JSON never need it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"bench: matplotlib is not installed: {what} not plotted (tables and JSON written)",
+              file=sys.stderr, flush=True)
+        return None
+    return plt
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so that a run killed
+    mid-write (``timeout``) leaves the previous complete file, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _version(module: str) -> str | None:
@@ -173,6 +198,9 @@ def markdown(res: dict[str, Any], png_name: str | None) -> str:
         f"- date: {res['started']}, wall time {res['duration_s']:.0f} s, commit {env.get('git_commit')}",
         f"- versions: {vers}",
     ]
+    if res.get("in_progress"):
+        lines.append("- **in progress**: written after each measurement; a run cut short (timeout) "
+                     "stops here, the rest of its grid was not measured")
     if env["device"] == "cpu":
         lines.append(f"- CPU: {env.get('cpu_count')} cores, torch threads {env.get('torch_threads')}; "
                      "on the CPU only the reference path and the native backend are timed "
@@ -196,10 +224,9 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     e = res.get("e2e")
     if not e or not e["diffusion"]:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot(path.name)
+    if plt is None:
+        return False
 
     token_lens = sorted({r["tokens"] for r in e["diffusion"]})
     batches = sorted({r["batch"] for r in e["diffusion"]})
@@ -233,20 +260,24 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_results(res: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Path]:
-    """Write ``tag``.json / .md / .png into ``out_dir`` and refresh its index; returns the paths."""
+def write_results(res: dict[str, Any], out_dir: Path, tag: str, *, with_plot: bool = True) -> dict[str, Path]:
+    """Write ``tag``.json / .md / .png into ``out_dir`` and refresh its index; returns the paths.
+
+    ``with_plot=False`` (the writes after each measurement of a run in progress) writes only the
+    JSON and the markdown; the plot needs matplotlib and is skipped with a note without it.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{tag}.json", "md": out_dir / f"{tag}.md", "png": out_dir / f"{tag}.png"}
-    paths["json"].write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
-    has_png = plot(res, paths["png"])
-    if not has_png and "tradeoff" in res:
+    write_atomic(paths["json"], json.dumps(res, indent=1, sort_keys=False) + "\n")
+    has_png = with_plot and plot(res, paths["png"])
+    if with_plot and not has_png and "tradeoff" in res:
         from .tradeoff import plot as tradeoff_plot
 
         has_png = tradeoff_plot(res["tradeoff"], paths["png"], f"DiffusionBERT vs its GPT-2 baseline, "
                                 f"{res['environment']['device_name'][:40]}")
     if not has_png:
         paths.pop("png")
-    paths["md"].write_text(markdown(res, paths["png"].name if has_png else None))
+    write_atomic(paths["md"], markdown(res, paths["png"].name if has_png else None))
     paths["index"] = write_index(out_dir)
     return paths
 
@@ -269,5 +300,5 @@ def write_index(out_dir: Path) -> Path:
              "", *_table(["run", "device", "mode", "date", "command",
                           "best DiffusionBERT / GPT-2 (KV cache) tokens/s"], rows), ""]
     path = out_dir / "README.md"
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path

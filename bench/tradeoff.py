@@ -285,10 +285,11 @@ def plot(t: dict[str, Any], path: Path, title: str) -> bool:
     """PNG: tokens/s (x, log) against judge perplexity (y, log), one panel per batch size."""
     if "results" not in t:
         return False
-    import matplotlib
+    from .report import import_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot(path.name)
+    if plt is None:
+        return False
 
     batches = t["config"]["batches"]
     fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.5), squeeze=False)

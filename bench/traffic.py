@@ -3,12 +3,13 @@
     ncu --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k regex:_sample \\
         python -m bench.traffic
 
-launches each sampling kernel (resident and streamed) once per case on ``[rows, V]`` logits and
-prints, before each launch, the case and the bytes of its logits; Nsight Compute prints each
-launch's DRAM bytes read and written and its duration. One read of each row is DRAM bytes read
-~= the logits' bytes; the streamed kernel re-reads the row once per pass (mostly from L2 when the
-rows in flight fit there); spills show up as local-memory traffic on top. ``bash bench/gpu.sh``
-runs it when ``ncu`` is installed.
+launches the Triton sampling launcher (the kernel it picks by default) once per case on
+``[rows, V]`` logits and prints, before each launch, the case and the bytes of its logits;
+Nsight Compute prints each launch's DRAM bytes read and written and its duration. One read of
+each row is DRAM bytes read ~= the logits' bytes; a kernel that re-reads the row once per pass
+shows the extra passes (mostly from L2 when the rows in flight fit there); spills show up as
+local-memory traffic on top. ``bash bench/gpu.sh`` runs it when ``ncu`` is installed
+(``--rehearse``: without ncu, on the CPU under the Triton interpreter, at a tiny size).
 """
 
 from __future__ import annotations
@@ -43,14 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, params in _variant_params(args.vocab, device):
             if name not in wanted:
                 continue
-            for resident in (True, False):
-                kernel = "streamed" if resident is False else "resident-if-fits"
-                print(f"launch {launch}: {args.rows}x{args.vocab} {dtype} {name} kernel={kernel} "
-                      f"logits_bytes={x.numel() * x.element_size()}", flush=True)
-                _triton_caller(params, prob, row_index, device, resident)(x, launch)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                launch += 1
+            print(f"launch {launch}: {args.rows}x{args.vocab} {dtype} {name} "
+                  f"logits_bytes={x.numel() * x.element_size()}", flush=True)
+            _triton_caller(params, prob, row_index, device)(x, launch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            launch += 1
 
 
 if __name__ == "__main__":

@@ -166,15 +166,15 @@ def test_sample_strided_and_int32_inputs(backend: str, dev: torch.device) -> Non
     _assert_same_draws(dev, got[0], got[1], want[0], want[1])
 
 
-# temperature, top_k, top_p: cases that take each path of the Triton resident kernel (few
-# candidates: compacted; many: bisection on the resident row) and of its streamed kernel
+# temperature, top_k, top_p: cases that take each path of the Triton kernel (few candidates:
+# compacted into the slots; many: bisection sweeps; no filter: the drawing sweep)
 KERNEL_PATHS = [
     (0.7, 5, None),  # top-k: compacted
     (1.0, 297, None),  # top-k keeping nearly all: too many candidates, bisection
     (1.3, None, 0.9),  # top-p: compacted or bisection, by row
     (0.5, 40, 0.6),  # both
-    (1.0, None, None),  # no filter at T = 1: the Gumbel bound keeps many, bisection path's draw
-    (0.05, None, None),  # no filter at low T: the Gumbel bound keeps few, compacted
+    (1.0, None, None),  # no filter at T = 1
+    (0.05, None, None),  # no filter at low T
     (0.0, 7, 0.5),  # greedy with filters
 ]
 
@@ -196,31 +196,43 @@ def _path_params(banned: torch.Tensor):
             temperature=temperature, top_k=top_k, top_p=top_p, banned=banned, with_entropy=True, with_margin=True)
 
 
-def _triton_sample(logits, prob, banned, row_index, params: SamplingParams, resident: bool):
+def _triton_sample(logits, prob, banned, row_index, params: SamplingParams):
     """The Triton sampling launcher on the inputs of ``_kernel_path_inputs`` (seed 5, offset 3)."""
     from dbert_kernels.random import rng_tensor
     from dbert_kernels.triton_backend.sampling import launch_sample
 
     return launch_sample(logits, None, prob, banned, row_index, rng_tensor(5, 3, logits.device), -1,
-                         params.inv_temperature, params.greedy, params.top_k, params.top_p, True, True,
-                         resident=resident)
+                         params.inv_temperature, params.greedy, params.top_k, params.top_p, True, True)
+
+
+#: Slot counts of the Triton kernel's compacted path: the default, and one so small that most
+#: filtered rows take the bisection sweeps instead.
+SLOT_COUNTS = [None, 16]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_entropy_and_margin_equal_reference(backend: str, dev: torch.device, dtype: torch.dtype) -> None:
+def test_entropy_and_margin_equal_reference(backend: str, dev: torch.device, dtype: torch.dtype,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokens, confidence, entropy and margin equal the reference's bit for bit (on the CPU).
 
-    The Triton backend is run through both of its sampling kernels (row resident in registers,
-    and streamed), whichever the dispatcher would pick.
+    The Triton backend is run with its default slots and with so few slots that the filtered rows
+    take the bisection sweeps, so that both of its paths are compared on every case.
     """
+    from dbert_kernels.triton_backend import sampling
+
     logits, banned, prob, row_index = _kernel_path_inputs(dev, dtype, 21, lambda v: [0, v // 2])
     impl = resolve_backend(backend, dev)[1]
     for path, params in _path_params(banned):
         want = ref.sample(logits, None, prob, row_index, -1, params, 5, 3)
+        runs = {}
         if backend == "triton":
-            runs = {f"resident={r}": _triton_sample(logits, prob, banned, row_index, params, r) for r in (True, False)}
+            for slots in SLOT_COUNTS:
+                with monkeypatch.context() as patch:
+                    if slots is not None:
+                        patch.setattr(sampling, "SLOTS", slots)
+                    runs[f"slots={slots or sampling.SLOTS}"] = _triton_sample(logits, prob, banned, row_index, params)
         else:
-            runs = {backend: impl.sample(logits, None, prob, row_index, -1, params, 5, 3)}
+            runs[backend] = impl.sample(logits, None, prob, row_index, -1, params, 5, 3)
         for name, got in runs.items():
             case = (*path, name)
             if dev.type == "cpu":
@@ -230,28 +242,26 @@ def test_entropy_and_margin_equal_reference(backend: str, dev: torch.device, dty
                 assert int((got[0] != want[0]).sum()) <= 2, case
 
 
-@pytest.mark.parametrize("parts", [2, 8])
-def test_triton_resident_kernel_in_parts_equals_reference(backend: str, dev: torch.device, parts: int,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The resident kernel walking the row in ``parts`` parts (8 on a GPU, 1 under the
-    interpreter unless set) gives the reference's tokens on every path; confidence, entropy and
-    margin agree to rounding (its float64 sums add the parts' lanes in another order)."""
-    if backend != "triton":
-        pytest.skip("a Triton kernel's setting")
+@pytest.mark.parametrize("n_programs", [1, 3])
+def test_triton_persistent_loop_equals_reference(backend: str, dev: torch.device, n_programs: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The persistent kernel with fewer programs than tiles (each program loops over several tiles
+    and reuses its slots) gives the reference's tokens on every path; confidence, entropy and
+    margin agree to rounding."""
+    if backend != "triton" or dev.type != "cpu":
+        pytest.skip("the interpreter's grid setting of the Triton kernel")
     from dbert_kernels.triton_backend import sampling
 
-    monkeypatch.setattr(sampling, "RESIDENT_PARTS", parts)
+    monkeypatch.setattr(sampling, "INTERPRETED_PROGRAMS", n_programs)
+    monkeypatch.setattr(sampling, "launch_shape", lambda n_rows, vocab: (4, 128, 4))  # 10 tiles of 4 rows
     logits, banned, prob, row_index = _kernel_path_inputs(dev, torch.bfloat16, 22, lambda v: [1, v - 1])
     for path, params in _path_params(banned):
         want = ref.sample(logits, None, prob, row_index, -1, params, 5, 3)
-        got = _triton_sample(logits, prob, banned, row_index, params, resident=True)
-        case = (*path, parts)
-        if dev.type == "cpu":
-            assert torch.equal(got[0], want[0]), case
-            for g, w in zip(got[1:], want[1:], strict=True):
-                torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7, equal_nan=True, msg=str(case))
-        else:
-            assert int((got[0] != want[0]).sum()) <= 2, case
+        got = _triton_sample(logits, prob, banned, row_index, params)
+        case = (*path, n_programs)
+        assert torch.equal(got[0], want[0]), case
+        for g, w in zip(got[1:], want[1:], strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7, equal_nan=True, msg=str(case))
 
 
 def test_entropy_matches_filtered_distribution(backend: str, dev: torch.device) -> None:

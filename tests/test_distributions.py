@@ -81,20 +81,19 @@ CASES = [
 ]
 
 
-#: (backend, device, kernel): every backend once, and the Triton launcher a second time with its
-#: resident kernel on the cases without top-k (which take the streamed kernel by default, see
-#: ``dbert_kernels.triton_backend.sampling.picks_resident``)
+#: (backend, device, kernel): every backend once, and the Triton kernel a second time with so few
+#: slots that its filtered rows take the bisection sweeps instead of the compacted path
 CHI_SQUARE = [pytest.param(*p.values, "default", id=p.id, marks=p.marks) for p in ALL] + [
-    pytest.param(*p.values, "resident", id=f"{p.id}-resident", marks=p.marks) for p in ALL if p.values[0] == "triton"]
+    pytest.param(*p.values, "few-slots", id=f"{p.id}-few-slots", marks=p.marks) for p in ALL if p.values[0] == "triton"]
 
 
 @pytest.mark.parametrize("backend, device, kernel", CHI_SQUARE)
 def test_chi_square_goodness_of_fit_and_power(backend, device, kernel, dev, monkeypatch):
-    cases = [(i, c) for i, c in enumerate(CASES) if kernel == "default" or c[1] is None]
-    if kernel == "resident":
+    cases = [(i, c) for i, c in enumerate(CASES) if kernel == "default" or c[1] is not None or c[2] is not None]
+    if kernel == "few-slots":
         from dbert_kernels.triton_backend import sampling
 
-        monkeypatch.setattr(sampling, "picks_resident", lambda vocab, dtype, top_k: sampling.resident_block(vocab, dtype) > 0)
+        monkeypatch.setattr(sampling, "SLOTS", 16)
     n = 4000 if device == "cpu" else 200_000
     alpha = bonferroni_alpha(ALPHA, len(cases))
     for i, (temperature, top_k, top_p, alternatives) in cases:

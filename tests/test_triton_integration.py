@@ -130,18 +130,31 @@ def test_kernels_compile_for_a_gpu_target_without_a_gpu():
     out = subprocess.run([sys.executable, "-m", "dbert_kernels.triton_backend.compile_check", "--quick"],
                          env=_compiler_env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count(": ok in") == 9
-    resident = next(line for line in out.stdout.splitlines() if line.startswith("sample_resident"))
-    streamed = next(line for line in out.stdout.splitlines() if line.startswith("sample_streamed"))
-    # the resident kernel reads the logits once; the streamed one once per pass (in loops)
-    assert "logits loads 1 (in loops 0)" in resident, resident
-    loads, looped = re.search(r"logits loads (\d+) \(in loops (\d+)\)", streamed).groups()
-    assert int(loads) > 1 and looped == loads, streamed
+    assert out.stdout.count(": ok in") == 6
+    sample = next(line for line in out.stdout.splitlines() if line.startswith("sample"))
+    # the persistent kernel sweeps the row in loops: sweep 1 (from DRAM), the weights, the slots'
+    # compaction, the drawing sweep and the two bisections' sweeps
+    loads, looped = re.search(r"logits loads (\d+) \(in loops (\d+)\)", sample).groups()
+    assert int(loads) == 6 and looped == loads, sample
+    assert re.search(r"total compile time [\d.]+ s", out.stdout), out.stdout
     # two independent reads of the cubin agree: spilled bytes (its resource table) and spill
     # instructions (its SASS)
-    for line in out.stdout.splitlines()[1:]:
+    for line in out.stdout.splitlines()[1:-1]:
         spilled, instructions = re.search(r"spilled bytes (\d+) \(spill instructions (\d+) of \d+", line).groups()
         assert (spilled == "0") == (instructions == "0"), line
+
+
+@pytest.mark.interpreter
+def test_production_sampling_variants_pass_the_strict_check():
+    """``compile_check --production --strict`` with the installed Triton: the production sampling
+    variants compile for sm_90 with no spill and at most 128 registers per thread, within the
+    compile budget (it exits non-zero otherwise)."""
+    pytest.importorskip("triton")
+    out = subprocess.run([sys.executable, "-m", "dbert_kernels.triton_backend.compile_check", "--production",
+                          "--strict"], env=_compiler_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    production = [line for line in out.stdout.splitlines() if line.endswith("[production]")]
+    assert len(production) == 2 and all("spilled bytes 0 " in line for line in production), out.stdout
 
 
 @pytest.mark.interpreter

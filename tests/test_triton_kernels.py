@@ -21,7 +21,7 @@ from .triton_devices import DEVICES, require_triton
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
-from dbert_kernels.triton_backend import noise  # noqa: E402  (after the importorskip)
+from dbert_kernels.triton_backend import noise, sampling  # noqa: E402  (after the importorskip)
 
 # NumPy warnings of the interpreter on -inf arithmetic that the kernels mask out afterwards
 pytestmark = [
@@ -164,93 +164,89 @@ def test_gumbel_noise_tail_is_exact_beyond_fp32_limit(device):
         assert abs(tail / exact - 1.0) < 1e-3, (x, tail, exact)
 
 
-class _LaunchCounter:
-    """Stands in for a ``@triton.jit`` kernel and counts its launches (``kernel[grid](...)``)."""
+def test_one_compiled_kernel_per_logits_dtype():
+    """Only the block shape is compiled into the sampling kernel: every option is a run-time
+    argument that Triton does not specialise on (an int equal to 1 would otherwise compile another
+    copy), so that one compiled kernel per logits dtype serves every call."""
+    import inspect
 
-    def __init__(self, kernel) -> None:
-        self.kernel, self.launches = kernel, 0
+    params = inspect.signature(sampling._sample_kernel.fn).parameters.values()
+    assert {p.name for p in params if p.annotation is tl.constexpr} == {"BLOCK_R", "BLOCK_V", "SLOTS"}
+    flags = {"has_ids", "greedy", "use_topk", "use_topp", "with_entropy", "with_margin", "top_k", "n_rows"}
+    assert flags <= set(sampling.NO_SPECIALIZE)
+    if hasattr(sampling._sample_kernel, "params"):  # compiled, not interpreted: what the decorator took
+        assert flags <= {p.name for p in sampling._sample_kernel.params if p.do_not_specialize}
 
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
+
+@triton.jit
+def _cut_probe_kernel(x_ptr, w_ptr, z_ptr, out_ptr, top_k, top_p, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The sampling kernel's histogram cuts on one block of rows: per row, the top-k cut and its
+    candidate count from the logits, and the top-p cut and its count from the weights and their
+    float64 normaliser."""
+    rows = tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_V)
+    x = tl.load(x_ptr + rows[:, None] * BLOCK_V + cols[None, :])
+    w = tl.load(w_ptr + rows[:, None] * BLOCK_V + cols[None, :])
+    finite = (x > float("-inf")) & (x < float("inf"))
+    hist_x = sampling._histogram((noise.float_key(x) >> (32 - sampling.X_BITS)) + sampling.X_BINS // 2, finite,
+                                 BLOCK_R, BLOCK_V, sampling.X_BINS)
+    cut_x, n_x = sampling._topk_cut(hist_x, top_k, BLOCK_R)
+    hist_w = sampling._histogram(noise.float_key(w) >> sampling.W_SHIFT, w > 0.0, BLOCK_R, BLOCK_V, sampling.W_BINS)
+    cut_w, n_w = sampling._topp_cut(hist_w, tl.load(z_ptr + rows), top_p, BLOCK_R)
+    tl.store(out_ptr + rows * 4, cut_x)
+    tl.store(out_ptr + rows * 4 + 1, n_x)
+    tl.store(out_ptr + rows * 4 + 2, cut_w)
+    tl.store(out_ptr + rows * 4 + 3, n_w)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_launcher_picks_the_resident_kernel_for_top_k_on_rows_that_fit(device, monkeypatch):
-    """``resident=None`` runs the kernel :func:`picks_resident` names: the resident one with top-k
-    on a row that fits, the streamed one without top-k or when the row is too long; True and False
-    force a kernel (True falls back to the streamed one when the row does not fit)."""
-    from dbert_kernels.triton_backend import sampling
-
-    dev = require_triton(device)
-    assert sampling.picks_resident(30522, torch.bfloat16, 30)
-    assert sampling.picks_resident(50257, torch.bfloat16, 30)
-    assert not sampling.picks_resident(50257, torch.float32, 30)  # block 65536 > 32768 for fp32
-    assert not sampling.picks_resident(30522, torch.bfloat16, 0)
-    assert not sampling.picks_resident(300, torch.float32, 300)  # top_k >= V: no top-k
-    counters = {name: _LaunchCounter(getattr(sampling, name)) for name in ("_sample_resident_kernel", "_sample_kernel")}
-    for name, counter in counters.items():
-        monkeypatch.setattr(sampling, name, counter)
-    row_index = torch.arange(3, device=dev)
-    prob = torch.ones(3, device=dev)
-
-    def kernel_run(top_k: int, resident: bool | None, vocab: int = 300) -> str:
-        before = {name: c.launches for name, c in counters.items()}
-        logits = torch.randn(3, vocab, device=dev)
-        banned = torch.zeros(vocab, dtype=torch.bool, device=dev)
-        sampling.launch_sample(logits, None, prob, banned, row_index, torch.zeros(2, dtype=torch.int64, device=dev), -1, 1.0, False, top_k, 1.0,
-                               False, False, resident=resident)
-        (ran,) = [name for name, c in counters.items() if c.launches > before[name]]
-        return "resident" if ran == "_sample_resident_kernel" else "streamed"
-
-    assert kernel_run(30, None) == "resident"
-    assert kernel_run(0, None) == "streamed"
-    assert kernel_run(0, True) == "resident"
-    assert kernel_run(30, False) == "streamed"
-    long = 1 + sampling.RESIDENT_MAX_BLOCK[4]
-    assert kernel_run(30, True, vocab=long) == "streamed"
+def _float_key(x: torch.Tensor) -> torch.Tensor:
+    bits = torch.where(x == 0, torch.zeros_like(x), x).view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_resident_top_k_candidates_come_from_the_first_pivot_with_k_above(device):
-    """The resident kernel's coarse top-k cut is the first of the pivots ``m - span * j / 16``
-    (j = 1..15, float32) with at least k allowed logits at or above it: the candidates that take
-    slots are exactly the finite logits at or above that pivot (a cut one pivot too low would
-    still give the right tokens, only more slow-path rows)."""
-    import numpy as np
-
-    from dbert_kernels.random import rng_tensor
-    from dbert_kernels.triton_backend import sampling
-    from dbert_kernels.triton_backend.launch import LAUNCH_OPTIONS
+def test_histogram_cuts_hold_the_kept_set_in_the_fewest_bins(device):
+    """Top-k: the cut is the lowest key of the key bin (top ``X_BITS`` bits) holding the k-th
+    largest finite logit, and the count is the finite logits at or above it (every logit that
+    top-k keeps, and no more than its bin adds); fewer than k finite logits: no cut, all of them.
+    Top-p: every weight that top-p keeps (the reference's rule) lies at or above the cut, the count
+    is the positive weights there, and the cut is the highest bin edge for which the counts'
+    bound proves that (a bin higher would lose a kept weight or be unproven)."""
+    from dbert_kernels import reference as ref
 
     dev = require_triton(device)
-    g = torch.Generator().manual_seed(5)
-    rows, vocab, k = 16, 3001, 30
-    x = torch.randn(rows, vocab, generator=g) * 3
-    x[3, :40] = 50.0  # a block of equal largest values
-    x[5, 100:] = float("-inf")
-    banned = torch.zeros(vocab, dtype=torch.bool)
-    banned[[0, 7]] = True
-    want = []
-    for row in x.masked_fill(banned, float("-inf")).numpy():
-        m = row[np.isfinite(row)].max()
-        span = np.float32(m - np.where(row > -np.inf, row, m).min())
-        pivots = [np.float32(m - np.float32(span * np.float32(j / 16))) for j in range(1, 16)]
-        cut = next((v for v in pivots if (row >= v).sum() >= k), -np.inf)
-        want.append(int(((row >= cut) & np.isfinite(row)).sum()))
-    block = sampling.resident_block(vocab, torch.float32)
-    block_r = rows if device == "cpu" else 1
-    slot_n = torch.zeros(rows, dtype=torch.int32, device=dev)
-    out = torch.empty(rows, dtype=torch.int64, device=dev)
-    conf = torch.empty(rows, device=dev)
-    x, banned = x.to(dev), banned.to(dev)
-    sampling._sample_resident_kernel[(rows // block_r,)](
-        x, x.stride(0), out, torch.ones(rows, device=dev), banned.view(torch.int8), torch.arange(rows, device=dev),
-        rng_tensor(1, 0, dev), out, conf, conf, conf, torch.empty(rows, sampling.COMPACT_SLOTS, device=dev),
-        torch.empty(rows, sampling.COMPACT_SLOTS, dtype=torch.int32, device=dev), slot_n, rows, vocab, -1, 1.0, k, 1.0,
-        HAS_IDS=False, GREEDY=False, USE_TOPK=True, USE_TOPP=False, WITH_ENTROPY=False, WITH_MARGIN=False,
-        BLOCK_R=block_r, BLOCK_V=block, SLOTS=sampling.COMPACT_SLOTS, PARTS=sampling.resident_parts(block),
-        num_warps=4 if device == "cpu" else sampling.resident_warps(block), **LAUNCH_OPTIONS,
-    )
-    assert max(want) <= sampling.COMPACT_SLOTS  # every row takes the slot path
-    assert slot_n.cpu().tolist() == want
+    g = torch.Generator().manual_seed(11)
+    rows, vocab, k, top_p = 8, 512, 30, 0.9
+    x = torch.randn(rows, vocab, generator=g) * torch.tensor([0.5, 1, 2, 3, 4, 6, 8, 3.0])[:, None]
+    x[1, :40] = 7.0  # a block of equal largest values
+    x[2, 20:] = float("-inf")  # fewer than k finite logits
+    x[3, ::3] = float("-inf")
+    w = ref.exp_weight(x - x.amax(dim=1, keepdim=True))
+    z = w.double().sum(dim=1)
+    out = torch.zeros(rows, 4, dtype=torch.int32, device=dev)
+    _cut_probe_kernel[(1,)](x.to(dev), w.to(dev), z.to(dev), out, k, top_p, BLOCK_R=rows, BLOCK_V=vocab)
+    out = out.cpu()
+    shift = 32 - sampling.X_BITS.value
+    for r in range(rows):
+        finite = torch.isfinite(x[r])
+        key = _float_key(x[r])[finite]
+        if int(finite.sum()) < k:
+            assert out[r, 0] == -(2**31) and out[r, 1] == int(finite.sum())
+        else:
+            kth_key = int(_float_key(torch.topk(x[r][finite], k).values[-1:]))
+            edge = (kth_key >> shift) << shift
+            assert int(out[r, 0]) == edge, r
+            assert int(out[r, 1]) == int((key >= edge).sum()), r
+        kept = ref._top_p_keep(w[r : r + 1], top_p)[0] & (w[r] > 0)
+        wkey = _float_key(w[r])
+        cut_w = int(out[r, 2])
+        assert bool((wkey[kept] >= cut_w).all()), r
+        assert int(out[r, 3]) == int(((wkey >= cut_w) & (w[r] > 0)).sum()), r
+        # one bin higher would leave out a kept weight or be unproven: its bound is not above need by
+    # the slack
+        higher = cut_w + (1 << sampling.W_SHIFT.value)
+        below = w[r][(w[r] > 0) & (wkey < higher)]
+        bins = _float_key(below) >> sampling.W_SHIFT.value
+        upper = ((bins + 1) << sampling.W_SHIFT.value).view(torch.float32).double()
+        slack = float(z[r]) * sampling.TOPP_SLACK.value * 1.01
+        assert bool((wkey[kept] < higher).any()) or float(z[r] - upper.sum()) <= top_p * float(z[r]) + slack, r

@@ -8,15 +8,17 @@ reports per variant: registers per thread, spilled bytes (the per-thread stack o
 with the bundled ``cuobjdump``), the spill instructions in its SASS (local-memory stores and
 reloads, and how many of them sit inside a loop: a spill outside every loop costs once per row,
 one inside a loop once per pass), shared memory, and the number of global loads of the logits in
-the generated Triton IR (``tt.load`` ops whose pointer derives from ``logits_ptr``; ``in loops``
-counts those inside a loop, i.e. executed once per pass). ``--strict`` fails when a production
-sampling variant spills. Exits non-zero on the first kernel that does not compile.
+the generated Triton IR (``tt.load`` ops whose pointer derives from ``logits_ptr``, each a sweep
+over the row; ``in loops`` counts those inside a loop), and the compile time of each variant and
+of all. The sampling kernel has one variant per logits dtype (every option is a run-time
+argument). ``--strict`` fails when a production sampling variant spills or takes more than
+:data:`MAX_REGISTERS` registers, or when all the variants take more than
+:data:`COMPILE_BUDGET_S` to compile. Exits non-zero on the first kernel that does not compile.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import re
 import subprocess
@@ -40,8 +42,8 @@ _SAMPLE_COMMON = {
     "out_ent_ptr": "*fp32", "out_margin_ptr": "*fp32",
 }
 _SCALARS = {"n_rows": "i32", "vocab": "i32", "mask_id": "i32", "inv_t": "fp32", "top_k": "i32", "top_p": "fp32"}
-_STREAMED_SIG = dict(_SAMPLE_COMMON, **_SCALARS)
-_RESIDENT_SIG = dict(_SAMPLE_COMMON, slot_x_ptr="*fp32", slot_col_ptr="*i32", slot_n_ptr="*i32", **_SCALARS)
+_FLAGS = {k: "i32" for k in ("has_ids", "greedy", "use_topk", "use_topp", "with_entropy", "with_margin")}
+_SAMPLE_SIG = dict(_SAMPLE_COMMON, slot_x_ptr="*fp32", slot_col_ptr="*i32", **_SCALARS, **_FLAGS)
 _MASK_SIG = {
     "ids_ptr": "*i64", "base_ptr": "*fp32", "amp_ptr": "*fp32", "info_ptr": "*fp32", "protected_ptr": "*i8",
     "rng_ptr": "*i64", "out_ids_ptr": "*i64", "out_mask_ptr": "*i8", "length": "i32", "mask_id": "i32",
@@ -51,27 +53,19 @@ _UNMASK_SIG = {
     "out_ptr": "*i64", "length": "i32", "mask_id": "i32", "gumbel_temperature": "fp32",
 }
 
-#: (greedy, top-k, top-p) of the production sampling variants: plain, top-k 30, top-p, both.
-PRODUCTION = [(False, False, False), (False, True, False), (False, False, True), (False, True, True)]
+#: Logits dtypes of the sampling kernel's variants: every option is a run-time argument, so these
+#: are all the variants a GPU compiles (the production ones: the dtypes of bf16 / fp32 models).
+SAMPLE_DTYPES = ("bf16", "fp32", "fp16")
+PRODUCTION_DTYPES = ("bf16", "fp32")
 
 
 def _variants(quick: bool, production: bool = False):
     """(name, kernel, signature, constexprs, warps, production?) of each variant to compile."""
-    flavours = [(False, True, True), (False, False, True)] if quick else list(itertools.product((False, True), repeat=3))
-    blocks = [("bf16", 1024)] if quick else [("bf16", 32768), ("fp32", 32768), ("bf16", 65536)]
-    if production:
-        flavours, blocks = PRODUCTION, [("bf16", 32768)]
-    for (greedy, topk, topp), (dtype, block) in itertools.product(flavours, blocks):
-        sig = dict(_RESIDENT_SIG, logits_ptr=f"*{dtype}")
-        consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp, WITH_ENTROPY=False,
-                      WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=block, SLOTS=sampling.COMPACT_SLOTS,
-                      PARTS=sampling.resident_parts(block))
-        yield ("sample_resident", sampling._sample_resident_kernel, sig, consts, sampling.resident_warps(block),
-               (greedy, topk, topp) in PRODUCTION and block == 32768)
-    for greedy, topk, topp in flavours:
-        consts = dict(HAS_IDS=True, GREEDY=greedy, USE_TOPK=topk, USE_TOPP=topp,
-                      WITH_ENTROPY=False, WITH_MARGIN=False, BLOCK_R=1, BLOCK_V=2048)
-        yield "sample_streamed", sampling._sample_kernel, _STREAMED_SIG, consts, 8, False
+    dtypes = SAMPLE_DTYPES[:1] if quick else PRODUCTION_DTYPES if production else SAMPLE_DTYPES
+    for dtype in dtypes:
+        consts = dict(BLOCK_R=1, BLOCK_V=sampling.GPU_BLOCK_V, SLOTS=sampling.SLOTS)
+        yield ("sample", sampling._sample_kernel, dict(_SAMPLE_SIG, logits_ptr=f"*{dtype}"), consts,
+               sampling.GPU_WARPS, dtype in PRODUCTION_DTYPES)
     for form in SPINDLE_FORM_CODES.values():
         yield "spindle_mask", masking._spindle_mask_kernel, _MASK_SIG, dict(FORM=form, BLOCK_L=512), 4, False
     for gumbel in (False, True):
@@ -152,14 +146,24 @@ def logits_loads(ttir: str) -> tuple[int, int]:
     return loads, in_loop
 
 
+#: Limits that ``--strict`` enforces on the production sampling variants: registers per thread,
+#: and the compile time of all the variants (the CUDA tests and ``bench/gpu.sh`` compile them
+#: all), in seconds of one CPU core.
+MAX_REGISTERS = 128
+COMPILE_BUDGET_S = 120.0
+
+
 def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, production: bool = False) -> list[str]:
-    """Compile each variant for ``sm_<arch>``; one report line per variant.
+    """Compile each variant for ``sm_<arch>``; one report line per variant, then the total
+    compile time.
 
     Raises ``triton.CompilationError`` on failure and ``RuntimeError`` (``strict``) when a
-    production sampling variant spills.
+    production sampling variant spills or takes more than :data:`MAX_REGISTERS` registers, or when
+    the variants take more than :data:`COMPILE_BUDGET_S` to compile.
     """
     target = GPUTarget("cuda", arch, 32)
     lines = []
+    total_s = 0.0
     for name, fn, sig, consts, warps, is_production in _variants(quick, production):
         signature = dict(sig, **{k: "constexpr" for k in consts})
         keys = list(signature)
@@ -169,7 +173,12 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, produ
         aligned = {(keys.index(k),): [["tt.divisibility", 16]] for k, v in sig.items() if v.startswith("*")}
         src = ASTSource(fn=fn, signature=signature, constexprs={(keys.index(k),): v for k, v in consts.items()},
                         attrs=aligned)
-        kernel = triton.compile(src, target=target, options={"enable_fp_fusion": False, "num_warps": warps})
+        options = {"enable_fp_fusion": False, "num_warps": warps}
+        if fn is sampling._sample_kernel:
+            options["maxnreg"] = sampling.GPU_MAX_REGISTERS
+        kernel = triton.compile(src, target=target, options=options)
+        seconds = time.perf_counter() - start
+        total_s += seconds
         res = _resources(kernel.asm["cubin"])
         n_code, n_spill, spill_looped = spill_instructions(_cuobjdump(kernel.asm["cubin"], "-sass"))
         flags = {k: v for k, v in consts.items() if k in ("GREEDY", "USE_TOPK", "USE_TOPP", "FORM", "USE_GUMBEL")}
@@ -180,22 +189,28 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, produ
         spill = res.get("STACK", 0) + res.get("LOCAL", 0)
         lines.append(
             f"{name} {sig.get('logits_ptr', '')[1:]} block={consts.get('BLOCK_V', consts.get('BLOCK_L'))} warps={warps} "
-            f"{flags}: ok in {time.perf_counter() - start:.1f} s, registers {res.get('REG', '?')}, "
+            f"{flags}: ok in {seconds:.1f} s, registers {res.get('REG', '?')}, "
             f"spilled bytes {spill} (spill instructions {n_spill} of {n_code}, in loops {spill_looped}), "
             f"shared {kernel.metadata.shared}{loads}{' [production]' if is_production else ''}"
         )
-        if strict and is_production and spill:
-            raise RuntimeError("a production variant spills: " + lines[-1])
+        if strict and is_production and (spill or res.get("REG", 0) > MAX_REGISTERS):
+            raise RuntimeError(f"a production variant spills or takes more than {MAX_REGISTERS} registers: "
+                               + lines[-1])
+    lines.append(f"total compile time {total_s:.1f} s (budget {COMPILE_BUDGET_S:.0f} s)")
+    if strict and total_s > COMPILE_BUDGET_S:
+        raise RuntimeError(lines[-1])
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
-    parser.add_argument("--quick", action="store_true", help="two sampling flavours at a small block")
-    parser.add_argument("--strict", action="store_true", help="fail when a production sampling variant spills")
+    parser.add_argument("--quick", action="store_true", help="the bf16 sampling variant and the other kernels")
+    parser.add_argument("--strict", action="store_true",
+                        help=f"fail when a production sampling variant spills or takes more than {MAX_REGISTERS} "
+                        f"registers, or the variants take more than {COMPILE_BUDGET_S:.0f} s to compile")
     parser.add_argument("--production", action="store_true",
-                        help="only the production sampling flavours (bf16, V = 30522) and the other kernels")
+                        help="only the production sampling variants (bf16, fp32) and the other kernels")
     args = parser.parse_args()
     print(f"# compile_check --arch {args.arch}{' --quick' if args.quick else ''}"
           f"{' --production' if args.production else ''}: triton {triton.__version__}", flush=True)

@@ -1,6 +1,6 @@
-"""Fused categorical sampling with the absorbing posterior step: kernels, launcher, custom op.
+"""Fused categorical sampling with the absorbing posterior step: kernel, launcher, custom op.
 
-Semantics: :func:`dbert_kernels.reference.sample` (the kernels follow it bit for bit where it is
+Semantics: :func:`dbert_kernels.reference.sample` (the kernel follows it bit for bit where it is
 deterministic). Per row ``r``:
 
 1. the absorbing decision ``uniform(philox(0, row_index[r], STREAM_UNMASK, offset)) < p[r]``;
@@ -14,12 +14,29 @@ deterministic). Per row ``r``:
    the first largest logit; confidence, entropy and margin come from the kept weights (float64
    sums).
 
-Two kernels: the **resident** kernel (rows up to :data:`RESIDENT_MAX_BLOCK` logits) reads each
-row once and runs every step on that copy; the **streamed** kernel sweeps the row in blocks, one
-sweep per step. The launcher picks the resident kernel for top-k on rows that fit, the streamed
-one otherwise (:func:`picks_resident`). Invalid rows (NaN or +inf among the allowed logits, or no finite allowed
-logit), which the public op rejects when ``validate=True``: token ``-1``, confidence, entropy and
-margin NaN; no read outside the row.
+One **persistent, streamed** kernel (the design of FlashInfer's and vLLM's samplers): a grid of
+a few programs per SM, each looping over rows, sweeping each row in blocks of ``BLOCK_V`` logits.
+The programs in flight hold few enough rows that their bytes stay in L2 (:func:`programs`), so
+only the first sweep of a row reads DRAM:
+
+* sweep 1: validity, maximum ``m``, first argmax and, with top-k, a histogram of the top
+  :data:`X_BITS` bits of the logits' order-preserving keys;
+* with top-p (unless top-k already left few candidates): a sweep for the normaliser ``Z`` of the
+  top-k set and a histogram of the weights' top bits, whose counts bound the mass above each bin;
+* the histogram gives the bin holding the k-th largest logit (or the top-p boundary): when at most
+  :data:`SLOTS` candidates lie at or above it (the usual case), a sweep compacts them in id order
+  into a small per-program buffer, where top-k and top-p are decided exactly (rank and float64
+  mass of strictly larger weights, compared pairwise), the noise is drawn for the candidates
+  only, and the sums run over the kept ones;
+* otherwise (a crowded bin, a large k, a flat top-p tail) the thresholds are found by bisection
+  over the keys, one sweep per step, and a last sweep draws and sums over the row;
+* no filter or greedy: a second sweep draws and sums.
+
+Only the row's block shape and the dtype of the logits are compiled in; every option (greedy,
+top-k, top-p, ids, entropy, margin) is a run-time argument, so that one compiled kernel per
+logits dtype serves every call. Invalid rows (NaN or +inf among the allowed logits, or no finite
+allowed logit), which the public op rejects when ``validate=True``: token ``-1``, confidence,
+entropy and margin NaN; no read outside the row.
 
 The custom op ``torch.ops.dbert_kernels.triton_sample`` (with a fake implementation for shape
 propagation) wraps the launcher; its Philox key and offset are a tensor, so that a sampling step
@@ -27,6 +44,8 @@ can be compiled or captured in a CUDA graph without a host synchronisation.
 """
 
 # No ``from __future__ import annotations``: torch.library reads the annotations at runtime.
+
+import functools
 
 import torch
 import triton
@@ -50,45 +69,44 @@ STREAM_SAMPLE = tl.constexpr(rnd.STREAM_SAMPLE)
 STREAM_UNMASK = tl.constexpr(rnd.STREAM_UNMASK)
 NEG_INF = tl.constexpr(float("-inf"))
 
-#: Largest row (power-of-two block) the resident kernel holds, by bytes per logit; longer rows
-#: use the streamed kernel.
-RESIDENT_MAX_BLOCK = {2: 65536, 4: 32768}
-#: Parts that each step of the resident kernel walks the row in, one after the other (8 on a GPU:
-#: the temporaries of an eighth of a thread's logits are live at a time; 1 under the interpreter,
-#: whose cost is per operation; both give the same tokens, the float64 sums differ in rounding).
-RESIDENT_PARTS = 1 if INTERPRETED else 8
-#: Slots per row of the resident kernel's candidate buffer.
-COMPACT_SLOTS = 128
+#: Candidates per row that the compacted path holds (the per-program buffer's slots).
+SLOTS = 256
 #: Candidates compared at once in the pairwise top-k / top-p decisions (bounds the registers).
-PAIR_CHUNK = tl.constexpr(32)
-#: Bits of the resident kernel's coarse cut: ``RADIX - 1`` pivots (4 bits of the value range),
-#: found by a binary search of ``RADIX_BITS`` passes over the row.
-RADIX_BITS = tl.constexpr(4)
-RADIX = tl.constexpr(1 << RADIX_BITS.value)
-#: Strict upper bound of the Gumbel noise ``-log E`` (``E >= 2**-47``, so ``-log E <= 32.58``).
-GUMBEL_BOUND = tl.constexpr(33.0)
-#: A lower bound of the positive weights ``exp_weight(s)`` (0 below ``s = -87``).
-MIN_WEIGHT = tl.constexpr(2.0**-126)
-#: Relative slack of the coarse top-p cut: above the rounding of its float32 mass sums (at most
-#: 2**-8 relative for 65536 terms summed in any order).
-TOPP_SLACK = tl.constexpr(1.0 + 2.0**-6)
-#: Integer arguments that Triton must not specialise on (equal to 1, divisible by 16): the row
-#: count changes from step to step and top-k / the mask id from call to call, and each value class
-#: would otherwise compile (and cache) another copy of the kernel.
-NO_SPECIALIZE = ("n_rows", "mask_id", "top_k")
+PAIR_CHUNK = tl.constexpr(8)
+#: Top bits of a logit's key that sweep 1's histogram counts (sign, exponent, 1 mantissa bit: two
+#: bins per octave).
+X_BITS = tl.constexpr(10)
+X_BINS = tl.constexpr(1 << X_BITS.value)
+#: Bits of a weight ``w`` in [0, 1] below its histogram bin: the bin is the exponent and the top
+#: 3 mantissa bits; the bins of ``0 < w <= 1`` lie below :data:`W_BINS`.
+W_SHIFT = tl.constexpr(20)
+W_BINS = tl.constexpr(1024)
+#: Slack of the top-p cut's mass bound, relative to the normaliser: above the rounding of its
+#: float32 sums over :data:`W_BINS` bins (at most ``W_BINS * 2**-24`` relative, times 2**(1/8)).
+TOPP_SLACK = tl.constexpr(2.0**-10)
+#: Logits per block of a sweep, warps and the register cap per thread on a GPU: 2 logits per
+#: thread at a time, two programs per SM, no spills (``compile_check --production --strict``).
+GPU_BLOCK_V = 512
+GPU_WARPS = 8
+GPU_MAX_REGISTERS = 128
+#: Programs per SM at most; fewer when the rows in flight would not fit in half of the L2 cache.
+PROGRAMS_PER_SM = 4
+#: Programs under the interpreter (more than one tile per program: the persistent loop runs).
+INTERPRETED_PROGRAMS = 2
+#: Integer arguments that Triton must not specialise on (equal to 1, divisible by 16): they
+#: change from call to call, and each value class would otherwise compile another copy.
+NO_SPECIALIZE = ("n_rows", "mask_id", "top_k", "has_ids", "greedy", "use_topk", "use_topp", "with_entropy",
+                 "with_margin")
 
 
 @triton.jit
-def _reveal(rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, HAS_IDS: tl.constexpr):
+def _reveal(rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, has_ids):
     """The absorbing decision of a block of rows: (seed, offset, Philox row ids, current tokens,
     masked on entry, revealed now)."""
     seed = tl.load(rng_ptr)
     offset = tl.load(rng_ptr + 1)
     row_id = tl.load(row_index_ptr + rows, mask=in_rows, other=0)
-    if HAS_IDS:
-        current = tl.load(ids_ptr + rows, mask=in_rows, other=0).to(tl.int64)
-    else:
-        current = row_id * 0 + mask_id
+    current = tl.load(ids_ptr + rows, mask=in_rows & ((rows * 0 + has_ids) != 0), other=mask_id).to(tl.int64)
     is_masked = current == mask_id
     u_w0, u_w1, u_w2, u_w3 = philox_block(seed, row_id * 0, row_id, STREAM_UNMASK, offset)
     prob = tl.load(prob_ptr + rows, mask=in_rows, other=0.0)
@@ -104,7 +122,7 @@ def _load_logits(logits_ptr, row_off, active, banned_ptr, cols, vocab):
     # the banned table is read through the row offsets clamped to 0: an address whose alignment the
     # compiler cannot tell, like a row's of logits, so that both loads get the same register layout
     # (a 16-byte aligned table would be vectorised and moved to the logits' layout through shared
-    # memory: 32 KB and more spills in the resident kernel)
+    # memory)
     banned = tl.load(banned_ptr + tl.minimum(row_off, 0)[:, None] + cols[None, :], mask=inb, other=1)
     allowed = active[:, None] & inb & (banned == 0)
     return tl.load(logits_ptr + row_off[:, None] + cols[None, :], mask=allowed, other=NEG_INF).to(tl.float32)
@@ -119,8 +137,7 @@ def _gumbel(seed, col, row_id, offset):
 
 @triton.jit
 def _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows, in_rows, active, is_masked,
-                   current, invalid, token, w_tok, second, z, ws, WITH_ENTROPY: tl.constexpr,
-                   WITH_MARGIN: tl.constexpr):
+                   current, invalid, token, w_tok, second, z, ws, with_entropy, with_margin):
     """Store a block of rows' outputs from the float64 sums ``z = sum w`` and ``ws = sum w s``, the
     token's weight ``w_tok`` and the largest kept weight ``second`` besides the first argmax's
     (which is ``exp_weight(0) = 1`` exactly: the margin is ``(1 - second) / z``).
@@ -135,21 +152,12 @@ def _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows,
     conf = tl.where(active, tl.where(invalid, nan, conf), tl.where(is_masked, 0.0, 1.0))
     tl.store(out_tok_ptr + rows, token, mask=in_rows)
     tl.store(out_conf_ptr + rows, conf, mask=in_rows)
-    if WITH_ENTROPY:
-        ent = (tl.log(z_safe) - ws / z_safe).to(tl.float32)
-        ent = tl.where(active, tl.where(invalid, nan, ent), tl.where(is_masked, nan, 0.0))
-        tl.store(out_ent_ptr + rows, ent, mask=in_rows)
-    if WITH_MARGIN:
-        margin = ((1.0 - second.to(tl.float64)) / z_safe).to(tl.float32)
-        margin = tl.where(active, tl.where(invalid, nan, margin), tl.where(is_masked, nan, 1.0))
-        tl.store(out_margin_ptr + rows, margin, mask=in_rows)
-
-
-@triton.jit
-def _scaled(x, m, inv_t, zero):
-    """``s = (x - m) * inv_t``; ``zero`` is a 0.0 known only at run time (``m + zero == m``), so
-    that each step recomputes ``s`` from the resident ``x`` instead of keeping it in registers."""
-    return (x - (m + zero)[:, None]) * inv_t
+    ent = (tl.log(z_safe) - ws / z_safe).to(tl.float32)
+    ent = tl.where(active, tl.where(invalid, nan, ent), tl.where(is_masked, nan, 0.0))
+    tl.store(out_ent_ptr + rows, ent, mask=in_rows & ((rows * 0 + with_entropy) != 0))
+    margin = ((1.0 - second.to(tl.float64)) / z_safe).to(tl.float32)
+    margin = tl.where(active, tl.where(invalid, nan, margin), tl.where(is_masked, nan, 1.0))
+    tl.store(out_margin_ptr + rows, margin, mask=in_rows & ((rows * 0 + with_margin) != 0))
 
 
 @triton.jit
@@ -159,499 +167,304 @@ def _key_value(key):
 
 
 @triton.jit
-def _after(xq, prev):
-    """``xq`` (logits or column ids), made to depend on ``prev``: a floating-point lane
-    accumulator of the previous part, never NaN (a test the compiler cannot fold, unlike one on
-    integers whose range it knows), so that the compiler runs the parts of a step one after the
-    other instead of interleaving them, which holds the temporaries of every part at once and
-    spills."""
-    never = prev != prev
-    if xq.dtype == tl.int32:
-        return tl.where(never, 0, xq)
-    else:
-        return tl.where(never, float("nan"), xq)
+def _histogram(bins, mask, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, NB: tl.constexpr):
+    """Per-row counts [BLOCK_R * NB] of ``bins`` [BLOCK_R, BLOCK_V] (each in ``0..NB-1``) where
+    ``mask``; row ``r``'s counts are ``r * NB + b``."""
+    flat = bins + (tl.arange(0, BLOCK_R) * NB)[:, None]
+    return tl.histogram(tl.reshape(flat, [BLOCK_R * BLOCK_V]), BLOCK_R * NB,
+                        mask=tl.reshape(mask, [BLOCK_R * BLOCK_V]))
 
 
 @triton.jit
-def _kth_largest(parts, top_k, lo, hi, PARTS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """The largest value ``v`` of the row with ``#(x >= v) >= top_k``, by bisection over the keys
-    (``lo``/``hi``: keys bounding it; the lower bound moves to actual values); compares values,
-    holds no key array."""
-    steps = 0
-    while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
-        live = lo < hi
-        pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64) + 1) >> 1)).to(tl.int32)
-        v = _key_value(pivot)
-        count = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.int32)
-        above = tl.full([BLOCK_R, BLOCK_Q], float("inf"), tl.float32)
-        for q in tl.static_range(PARTS):
-            xq = _after(parts[q], above)
-            ge = xq >= v[:, None]
-            count += ge.to(tl.int32)
-            above = tl.minimum(above, tl.where(ge, xq, float("inf")))
-        count = tl.sum(count, axis=1)
-        above = float_key(tl.min(above, axis=1))
-        enough = count >= top_k
-        lo = tl.where(live & enough, above, lo)
-        hi = tl.where(live, tl.where(enough, tl.where(count == top_k, above, hi), pivot - 1), hi)
-        steps += 1
-    return _key_value(lo)
+def _topk_cut(hist, top_k, BLOCK_R: tl.constexpr):
+    """From the per-row counts of the logits' key bins: (the lowest key of the bin holding the
+    k-th largest logit, INT32_MIN where fewer than ``top_k`` logits are finite; the number of
+    finite logits at or above it)."""
+    h = tl.reshape(hist, [BLOCK_R, X_BINS])
+    bins = tl.arange(0, X_BINS)[None, :]
+    total = tl.sum(h, axis=1)
+    at_or_above = total[:, None] - tl.cumsum(h, axis=1) + h  # non-increasing in the bin
+    enough = at_or_above >= top_k
+    bin_k = tl.max(tl.where(enough, bins, -1), axis=1)
+    some = bin_k >= 0
+    cut = tl.where(some, (bin_k - X_BINS // 2) << (32 - X_BITS), INT32_MIN)
+    n_cand = tl.where(some, tl.min(tl.where(enough, at_or_above, INT32_MAX), axis=1), total)
+    return cut, n_cand
 
 
 @triton.jit
-def _topp_threshold(parts, m, inv_t, x_thr, need, lo, hi, PARTS: tl.constexpr, BLOCK_R: tl.constexpr,
-                    BLOCK_Q: tl.constexpr):
-    """The smallest kept weight: the smallest weight ``v`` whose float64 mass of strictly larger
-    weights (of ``x >= x_thr``) is ``< need``, by bisection over the weights' keys (the lower
-    bound moves to actual weights)."""
-    steps = 0
-    while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
-        live = lo < hi
-        pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64)) >> 1)).to(tl.int32)
-        v = _key_value(pivot)
-        zero = v * 0.0
-        mass = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float64)
-        above = tl.full([BLOCK_R, BLOCK_Q], float("inf"), tl.float32)
-        for q in tl.static_range(PARTS):
-            xq = _after(parts[q], mass)
-            w = tl.where(xq >= x_thr[:, None], exp_weight(_scaled(xq, m, inv_t, zero)), 0.0)
-            gt = w > v[:, None]
-            mass += tl.where(gt, w.to(tl.float64), 0.0)
-            above = tl.minimum(above, tl.where(gt, w, float("inf")))
-        small = tl.sum(mass, axis=1) < need
-        lo = tl.where(live & ~small, float_key(tl.min(above, axis=1)), lo)
-        hi = tl.where(live & small, pivot, hi)
-        steps += 1
-    return _key_value(lo)
+def _topp_cut(hist, z_k, top_p, BLOCK_R: tl.constexpr):
+    """From the per-row counts of the weights' bins and the float64 normaliser ``z_k``: (the lowest
+    weight key of the highest bin ``c`` whose weights ``>= edge(c)`` hold, by the counts' bound,
+    more than ``top_p * z_k`` of mass, INT32_MIN where no bin does; the number of positive
+    weights at or above it).
 
-
-@triton.jit
-def _candidates(x, m, inv_t, cut_x, lower, zero):
-    """The candidates of the resident kernel: finite, ``x >= cut_x`` and ``s + 33 >= lower`` (an
-    upward-closed set)."""
-    s = _scaled(x, m, inv_t, zero)
-    return (x >= cut_x[:, None]) & (x > NEG_INF) & (s + GUMBEL_BOUND >= lower[:, None])
-
-
-@triton.jit
-def _halves(x, BLOCK_R: tl.constexpr, N: tl.constexpr):
-    """The first and the second half of the columns of ``x`` [BLOCK_R, N]."""
-    return tl.split(tl.permute(tl.reshape(x, [BLOCK_R, 2, N // 2]), (0, 2, 1)))
-
-
-@triton.jit
-def _parts(x, BLOCK_R: tl.constexpr, N: tl.constexpr, PARTS: tl.constexpr):
-    """The row ``x`` [BLOCK_R, N] as a tuple of ``PARTS`` (a power of two) parts of consecutive
-    columns (part ``q``: columns ``q * N / PARTS + i``); each thread's elements of a resident row
-    lie in every part, so that the split stays in registers."""
-    if PARTS == 1:
-        return (x,)
-    else:
-        first, second = _halves(x, BLOCK_R, N)
-        return _parts(first, BLOCK_R, N // 2, PARTS // 2) + _parts(second, BLOCK_R, N // 2, PARTS // 2)
-
-
-@triton.jit(do_not_specialize=NO_SPECIALIZE)
-def _sample_resident_kernel(
-    logits_ptr, stride_row, ids_ptr, prob_ptr, banned_ptr, row_index_ptr, rng_ptr,
-    out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, slot_x_ptr, slot_col_ptr, slot_n_ptr,
-    n_rows, vocab, mask_id, inv_t, top_k, top_p,
-    HAS_IDS: tl.constexpr, GREEDY: tl.constexpr, USE_TOPK: tl.constexpr, USE_TOPP: tl.constexpr,
-    WITH_ENTROPY: tl.constexpr, WITH_MARGIN: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, SLOTS: tl.constexpr, PARTS: tl.constexpr,
-):
-    """One read of each revealed row: the row stays in registers and every step runs on it.
-
-    1. load the row once (banned ids read as -inf), NaN / +inf check, maximum ``m``, first argmax;
-    2. a coarse cut (15 pivots, 4 bits of the range, found by a binary search in 4 passes over
-       the row): the candidates are the finite logits that
-       top-k / top-p may keep (top-k: ``x >=`` the largest pivot with ``>= k`` logits above it;
-       top-p: weight ``>`` the largest pivot ``2**-j`` with at least ``top_p * Z`` of mass above,
-       as a cut on the logits; no filter: the Gumbel bound ``s + 33 >= g(argmax)``, no other token
-       can win), an upward-closed set;
-    3. at most ``SLOTS`` candidates per row (the usual case with top-k or top-p): each takes a slot
-       of a small per-row buffer (an atomic counter hands them out, in no particular order), top-k
-       and top-p are decided exactly among them (rank and float64 mass of strictly larger weights,
-       compared ``PAIR_CHUNK`` at a time) and the noise is drawn for them only, ties going to the
-       lower id; more: bisection over the keys on the resident row;
-    4. normaliser, confidence, entropy and margin: float64 sums over the kept set, in the slots
-       when top-k or top-p decided there (3, first case), else over the resident row.
-
-    Only ``x`` lives across the steps; scaled logits, weights and keys are recomputed inside each
-    step (cheaper than the registers that holding them would cost), and each step walks the row
-    in ``PARTS`` parts (8 on a GPU: four logits per thread at a time), one after the other, with
-    per-lane accumulators and one reduction across the threads at the end of the step.
+    Every weight below ``edge(c)`` then has more than ``top_p * z_k`` of mass strictly above it,
+    so that top-p keeps none of them. The mass at or above ``edge(c)`` is at least ``z_k`` less
+    the counts below ``c`` times their bins' upper edges (float32 sums, whose rounding
+    :data:`TOPP_SLACK` covers).
     """
-    BLOCK_Q: tl.constexpr = BLOCK_V // PARTS
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    in_rows = rows < n_rows
-    seed, offset, row_id, current, is_masked, active = _reveal(
-        rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, HAS_IDS
-    )
-    row_off = rows.to(tl.int64) * stride_row
-    x = _load_logits(logits_ptr, row_off, active, banned_ptr, tl.arange(0, BLOCK_V), vocab)
-    m = tl.max(tl.where(x == x, x, float("inf")), axis=1)  # NaN and +inf make the row invalid
-    invalid = (m == float("inf")) | (m == NEG_INF)
-    x = tl.where(invalid[:, None], NEG_INF, x)
-    m = tl.where(invalid, 0.0, m)
-    parts = _parts(x, BLOCK_R, BLOCK_V, PARTS)
-    lanes = tl.arange(0, BLOCK_Q)[None, :]
-    # the first argmax: the lowest column holding m (0 in a row that is not read)
-    first = tl.full([BLOCK_R, BLOCK_Q], INT32_MAX, tl.int32)
-    for q in tl.static_range(PARTS):
-        first = tl.minimum(first, tl.where(parts[q] == m[:, None], q * BLOCK_Q + lanes, INT32_MAX))
-    first = tl.min(first, axis=1)
-    first = tl.where(first == INT32_MAX, 0, first)
-    # -- 2. coarse cut
-    cut_x = tl.full([BLOCK_R], NEG_INF, tl.float32)
-    lower = tl.full([BLOCK_R], NEG_INF, tl.float32)
-    found = invalid
-    if USE_TOPK:
-        xlo = tl.full([BLOCK_R, BLOCK_Q], float("inf"), tl.float32)
-        for q in tl.static_range(PARTS):
-            xq = _after(parts[q], xlo)
-            xlo = tl.minimum(xlo, tl.where(xq > NEG_INF, xq, m[:, None]))
-        span = m - tl.min(xlo, axis=1)
-        # the first pivot j in 1..RADIX-1 with >= k logits at or above v_j = m - span * j / RADIX
-        # (RADIX: none); v_j does not increase with j, so the counts do not decrease: binary search
-        lo = tl.full([BLOCK_R], 1, tl.int32)
-        hi = tl.full([BLOCK_R], RADIX, tl.int32)
-        for _s in range(RADIX_BITS):
-            mid = (lo + hi) // 2
-            v = m - span * (mid.to(tl.float32) / RADIX)
-            count = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.int32)
-            for q in tl.static_range(PARTS):
-                count += (parts[q] >= v[:, None]).to(tl.int32)
-            enough = tl.sum(count, axis=1) >= top_k
-            hi = tl.where(enough, mid, hi)
-            lo = tl.where(enough, lo, mid + 1)
-        take = ~found & (lo < RADIX)
-        cut_x = tl.where(take, m - span * (lo.to(tl.float32) / RADIX), cut_x)
-        found = found | take
-    elif USE_TOPP:
-        z_all = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float64)
-        for q in tl.static_range(PARTS):
-            z_all += exp_weight(_scaled(_after(parts[q], z_all), m, inv_t, m * 0.0)).to(tl.float64)
-        z_all = tl.sum(z_all, axis=1)
-        need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * z_all * TOPP_SLACK
-        # the first j in 1..RADIX-1 with at least ``need`` of mass in the weights above 2**-j
-        # (RADIX: none); the float32 sums add the same terms in the same order for every j, each
-        # term no smaller for a larger j, so they do not decrease with j: binary search
-        lo = tl.full([BLOCK_R], 1, tl.int32)
-        hi = tl.full([BLOCK_R], RADIX, tl.int32)
-        for _s in range(RADIX_BITS):
-            mid = (lo + hi) // 2
-            v = ((127 - mid) << 23).to(tl.float32, bitcast=True)  # 2**-mid, exactly
-            mass = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float32)  # float32: TOPP_SLACK covers its rounding
-            for q in tl.static_range(PARTS):
-                w = exp_weight(_scaled(_after(parts[q], mass), m, inv_t, v * 0.0))
-                mass += tl.where(w > v[:, None], w, 0.0)
-            enough = tl.sum(mass, axis=1).to(tl.float64) >= need
-            hi = tl.where(enough, mid, hi)
-            lo = tl.where(enough, lo, mid + 1)
-        take = ~found & (lo < RADIX)
-        cut_w = tl.where(take, ((127 - lo) << 23).to(tl.float32, bitcast=True), 0.0)
-        found = found | take
-        # the same set as ``w > cut_w`` (w is non-decreasing in x), as a cut on the logits
-        cut = tl.full([BLOCK_R, BLOCK_Q], float("inf"), tl.float32)
-        for q in tl.static_range(PARTS):
-            xq = _after(parts[q], cut)
-            w = exp_weight(_scaled(xq, m, inv_t, cut_w * 0.0))
-            cut = tl.minimum(cut, tl.where(w > cut_w[:, None], xq, float("inf")))
-        cut_x = tl.min(cut, axis=1)
-    elif not GREEDY:
-        lower = -_gumbel(seed, first, row_id, offset)
-    n_cand = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.int32)
-    for q in tl.static_range(PARTS):
-        n_cand += _candidates(parts[q], m, inv_t, cut_x, lower, m * 0.0).to(tl.int32)
-    n_cand = tl.sum(n_cand, axis=1)
-    fits = tl.max(n_cand, axis=0) <= SLOTS
-    x_thr = tl.full([BLOCK_R], NEG_INF, tl.float32)  # kept: x >= x_thr and w >= w_thr
-    w_thr = tl.zeros([BLOCK_R], dtype=tl.float32)
-    token = first
-    # step 4's float64 sums, the token's weight and the largest kept weight besides the first
-    # argmax's; with top-k or top-p, a row that fits has its kept set among the slots, summed there
-    z = tl.zeros([BLOCK_R], dtype=tl.float64)
-    ws = tl.zeros([BLOCK_R], dtype=tl.float64)
-    w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
-    second = tl.zeros([BLOCK_R], dtype=tl.float32)
-    FILTERED: tl.constexpr = USE_TOPK or USE_TOPP
-    sums_in_slots = fits & FILTERED
-    if fits:
-        # -- 3a. the candidates take slots; decide and draw among them
-        zero = n_cand.to(tl.float32) * 0.0
-        slot_base = rows.to(tl.int64) * SLOTS
-        tl.store(slot_n_ptr + rows, tl.zeros([BLOCK_R], dtype=tl.int32), mask=in_rows)
-        tl.debug_barrier()
-        for q in tl.static_range(PARTS):
-            xq = parts[q]
-            cand = _candidates(xq, m, inv_t, cut_x, lower, zero)
-            slot = tl.atomic_add(slot_n_ptr + rows[:, None] + lanes * 0, 1, mask=cand, sem="relaxed", scope="cta")
-            tl.store(slot_x_ptr + slot_base[:, None] + slot, xq, mask=cand)
-            tl.store(slot_col_ptr + slot_base[:, None] + slot, q * BLOCK_Q + lanes + slot * 0, mask=cand)
-        tl.debug_barrier()
-        slots = tl.arange(0, SLOTS)
-        have = slots[None, :] < n_cand[:, None]
-        xc = tl.load(slot_x_ptr + slot_base[:, None] + slots[None, :], mask=have, other=NEG_INF)
-        keep = have
-        if USE_TOPK:
-            larger = tl.zeros([BLOCK_R, SLOTS], dtype=tl.int32)
-            for c in tl.static_range(0, SLOTS, PAIR_CHUNK):
-                other = c + tl.arange(0, PAIR_CHUNK)
-                xo = tl.load(slot_x_ptr + slot_base[:, None] + other[None, :],
-                             mask=other[None, :] < n_cand[:, None], other=NEG_INF)
-                larger += tl.sum((xo[:, None, :] > xc[:, :, None]).to(tl.int32), axis=2)
-            keep = keep & (larger < top_k)
-            x_thr = tl.min(tl.where(keep, xc, float("inf")), axis=1)
-        sc = (xc - m[:, None]) * inv_t
-        wc = exp_weight(sc)
-        if USE_TOPP:
-            if USE_TOPK:  # the tokens that top-k keeps are candidates
-                z_k = tl.sum(tl.where(keep, wc, 0.0).to(tl.float64), axis=1)
-            else:
-                z_k = z_all
-            wk = tl.where(keep, wc, 0.0)
-            above = tl.zeros([BLOCK_R, SLOTS], dtype=tl.float64)
-            for c in tl.static_range(0, SLOTS, PAIR_CHUNK):
-                other = c + tl.arange(0, PAIR_CHUNK)
-                xo = tl.load(slot_x_ptr + slot_base[:, None] + other[None, :],
-                             mask=other[None, :] < n_cand[:, None], other=NEG_INF)
-                wo = tl.where(xo >= x_thr[:, None], exp_weight((xo - m[:, None]) * inv_t), 0.0)
-                bigger = wo[:, None, :] > wk[:, :, None]
-                above += tl.sum(tl.where(bigger, wo[:, None, :].to(tl.float64), 0.0), axis=2)
-            keep = keep & (above < (tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * z_k)[:, None])
-            w_thr = tl.min(tl.where(keep, wc, float("inf")), axis=1)
-        cc = tl.load(slot_col_ptr + slot_base[:, None] + slots[None, :], mask=have, other=0)
-        if not GREEDY:
-            # the largest score, ties to the lower id (the slots are in no id order)
-            score = tl.where(keep, sc - _gumbel(seed, cc, row_id[:, None], offset), NEG_INF)
-            top = tl.max(score, axis=1)
-            token = tl.min(tl.where(keep & (score == top[:, None]), cc, INT32_MAX), axis=1)
-        if FILTERED:
-            wk = tl.where(keep, wc, 0.0)
-            z = tl.sum(wk.to(tl.float64), axis=1)
-            w_tok = tl.sum(tl.where(cc == token[:, None], wk, 0.0), axis=1)
-            if WITH_ENTROPY:
-                ws = tl.sum(tl.where(wk > 0.0, wk.to(tl.float64) * sc.to(tl.float64), 0.0), axis=1)
-            if WITH_MARGIN:
-                second = tl.max(tl.where(cc == first[:, None], 0.0, wk), axis=1)
-    else:
-        # -- 3b. many candidates: bisection on the resident row
-        # (the searches start from the widest bounds: -inf to the maximum ``m``; the smallest positive
-        # weight to the largest, 1 = exp(0) at the maximum)
-        if USE_TOPK:
-            key_lo = float_key(tl.full([BLOCK_R], NEG_INF, tl.float32))
-            x_thr = _kth_largest(parts, top_k, key_lo, tl.where(invalid, key_lo, float_key(m)), PARTS, BLOCK_R,
-                                 BLOCK_Q)
-        if USE_TOPP:
-            zero = n_cand.to(tl.float32) * 0.0
-            z_lane = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float64)
-            for q in tl.static_range(PARTS):
-                xq = _after(parts[q], z_lane)
-                z_lane += tl.where(xq >= x_thr[:, None], exp_weight(_scaled(xq, m, inv_t, zero)), 0.0).to(tl.float64)
-            need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * tl.sum(z_lane, axis=1)
-            hi = float_key(tl.full([BLOCK_R], 1.0, tl.float32))
-            lo = tl.where(invalid, hi, float_key(tl.full([BLOCK_R], MIN_WEIGHT, tl.float32)))
-            w_thr = _topp_threshold(parts, m, inv_t, x_thr, need, lo, hi, PARTS, BLOCK_R, BLOCK_Q)
-        if not GREEDY:
-            # per lane: the best score so far, its column; the parts come in id order and only a
-            # larger score replaces, so that ties go to the lower id
-            zero = w_thr * 0.0
-            lane_best = tl.full([BLOCK_R, BLOCK_Q], NEG_INF, tl.float32)
-            lane_tok = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.int32)
-            for q in tl.static_range(PARTS):
-                xq = _after(parts[q], lane_best)
-                s = _scaled(xq, m, inv_t, zero)
-                kept = (xq >= x_thr[:, None]) & (exp_weight(s) >= w_thr[:, None])
-                col = _after(q * BLOCK_Q + lanes, lane_best)  # the noise too waits for the previous part
-                score_q = tl.where(kept, s - _gumbel(seed, col, row_id[:, None], offset), NEG_INF)
-                better = score_q > lane_best
-                lane_best = tl.where(better, score_q, lane_best)
-                lane_tok = tl.where(better, col, lane_tok)
-            top = tl.max(lane_best, axis=1)
-            token = tl.min(tl.where(lane_best == top[:, None], lane_tok, INT32_MAX), axis=1)
-    # -- 4. otherwise: float64 sums over the kept set of the resident row
-    if ~sums_in_slots:
-        zero = token.to(tl.float32) * 0.0
-        z_lane = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float64)
-        ws_lane = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float64)
-        w_tok_lane = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float32)
-        second_lane = tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.float32)
-        for q in tl.static_range(PARTS):
-            xq = _after(parts[q], z_lane)
-            s = _scaled(xq, m, inv_t, zero)
-            w = exp_weight(s)
-            w = tl.where((xq >= x_thr[:, None]) & (w >= w_thr[:, None]), w, 0.0)
-            col = q * BLOCK_Q + lanes
-            z_lane += w.to(tl.float64)
-            w_tok_lane += tl.where(col == token[:, None], w, 0.0)
-            if WITH_ENTROPY:
-                ws_lane += tl.where(w > 0.0, w.to(tl.float64) * s.to(tl.float64), 0.0)
-            if WITH_MARGIN:
-                second_lane = tl.maximum(second_lane, tl.where(col == first[:, None], 0.0, w))
-        z = tl.sum(z_lane, axis=1)
-        ws = tl.sum(ws_lane, axis=1)
-        w_tok = tl.sum(w_tok_lane, axis=1)
-        second = tl.max(second_lane, axis=1)
-    if GREEDY:  # the token is the first argmax, whose weight is exp_weight(0) = 1 exactly
-        w_tok = tl.full([BLOCK_R], 1.0, tl.float32)
-    _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows, in_rows, active, is_masked,
-                   current, invalid, token, w_tok, second, z, ws, WITH_ENTROPY, WITH_MARGIN)
+    h = tl.reshape(hist, [BLOCK_R, W_BINS])
+    bins = tl.arange(0, W_BINS)[None, :]
+    up_mass = h.to(tl.float32) * ((bins + 1) << W_SHIFT).to(tl.float32, bitcast=True)
+    below_up = tl.cumsum(up_mass, axis=1) - up_mass  # non-decreasing in the bin
+    need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * z_k
+    room = (z_k - need - z_k * TOPP_SLACK).to(tl.float32)
+    ok = below_up < room[:, None]
+    bin_p = tl.max(tl.where(ok, bins, -1), axis=1)
+    total = tl.sum(h, axis=1)
+    at_or_above = total[:, None] - tl.cumsum(h, axis=1) + h
+    some = bin_p >= 0
+    cut = tl.where(some, bin_p << W_SHIFT, INT32_MIN)
+    n_cand = tl.where(some, tl.min(tl.where(ok, at_or_above, INT32_MAX), axis=1), total)
+    return cut, n_cand
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _sample_kernel(
     logits_ptr, stride_row, ids_ptr, prob_ptr, banned_ptr, row_index_ptr, rng_ptr,
-    out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr,
+    out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, slot_x_ptr, slot_col_ptr,
     n_rows, vocab, mask_id, inv_t, top_k, top_p,
-    HAS_IDS: tl.constexpr, GREEDY: tl.constexpr, USE_TOPK: tl.constexpr, USE_TOPP: tl.constexpr,
-    WITH_ENTROPY: tl.constexpr, WITH_MARGIN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+    has_ids, greedy, use_topk, use_topp, with_entropy, with_margin,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, SLOTS: tl.constexpr,
 ):
-    """The streamed kernel: rows of any length, swept in ``BLOCK_V`` blocks, one sweep per step
-    (range and argmax; one per top-k bisection step; weight range and normaliser, then one per
-    top-p bisection step; the final draw and sums)."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    in_rows = rows < n_rows
-    seed, offset, row_id, current, is_masked, active = _reveal(
-        rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, HAS_IDS
-    )
-    row_off = rows.to(tl.int64) * stride_row
-    # a program whose rows are all kept as they are runs no pass at all
-    n_cols = tl.where(tl.max(active.to(tl.int32), axis=0) > 0, vocab, 0)
+    """Each program loops over tiles of ``BLOCK_R`` rows; see the module docstring for the sweeps."""
     lanes = tl.arange(0, BLOCK_V)
-    # pass 1: maximum (NaN and +inf count as +inf: the row is then invalid), first argmax, key
-    # range; per-lane accumulators, one reduction across the threads after the sweep
-    lane_m = tl.full([BLOCK_R, BLOCK_V], NEG_INF, tl.float32)
-    lane_first = tl.zeros([BLOCK_R, BLOCK_V], dtype=tl.int32)
-    lane_kmin = tl.full([BLOCK_R, BLOCK_V], INT32_MAX, tl.int32)
-    lane_kmax = tl.full([BLOCK_R, BLOCK_V], INT32_MIN, tl.int32)
-    for start in range(0, n_cols, BLOCK_V):
-        x = _load_logits(logits_ptr, row_off, active, banned_ptr, start + lanes, vocab)
-        x = tl.where(x == x, x, float("inf"))
-        better = x > lane_m  # a later column replaces only a larger value: the first argmax
-        lane_first = tl.where(better, start + lanes[None, :], lane_first)
-        lane_m = tl.where(better, x, lane_m)
-        if USE_TOPK:
-            inb = start + lanes[None, :] < vocab
-            key = float_key(x)
-            lane_kmin = tl.minimum(lane_kmin, tl.where(inb, key, INT32_MAX))
-            lane_kmax = tl.maximum(lane_kmax, tl.where(inb, key, INT32_MIN))
-    m = tl.max(lane_m, axis=1)
-    first = tl.min(tl.where(lane_m == m[:, None], lane_first, INT32_MAX), axis=1)
-    invalid = (m == float("inf")) | (m == NEG_INF)
-    m = tl.where(invalid, 0.0, m)
-    first = tl.where(invalid, 0, first)
-    live_rows = active & ~invalid
-    kthr = tl.full([BLOCK_R], INT32_MIN, tl.int32)  # kept: key(x) >= kthr and key(w) >= wthr
-    wthr = tl.full([BLOCK_R], INT32_MIN, tl.int32)
-    if USE_TOPK:
-        lo = tl.min(lane_kmin, axis=1)
-        hi = tl.where(live_rows, tl.max(lane_kmax, axis=1), lo)
-        steps = 0
-        while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
-            live = lo < hi
-            pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64) + 1) >> 1)).to(tl.int32)
-            count = tl.zeros([BLOCK_R], dtype=tl.int32)
-            above = tl.full([BLOCK_R], INT32_MAX, tl.int32)
-            below = tl.full([BLOCK_R], INT32_MIN, tl.int32)
-            for start in range(0, n_cols, BLOCK_V):
-                inb = start + lanes[None, :] < vocab
-                x = _load_logits(logits_ptr, row_off, active & live, banned_ptr, start + lanes, vocab)
-                key = float_key(x)
-                ge = inb & (key >= pivot[:, None])
-                count += tl.sum(ge.to(tl.int32), axis=1)
-                above = tl.minimum(above, tl.min(tl.where(ge, key, INT32_MAX), axis=1))
-                below = tl.maximum(below, tl.max(tl.where(inb & ~ge, key, INT32_MIN), axis=1))
-            enough = count >= top_k
-            lo = tl.where(live & enough, above, lo)
-            hi = tl.where(live, tl.where(enough, tl.where(count == top_k, above, hi), below), hi)
-            steps += 1
-        kthr = lo
-    if USE_TOPP:
-        z_k = tl.zeros([BLOCK_R], dtype=tl.float64)
-        wmin = tl.full([BLOCK_R], INT32_MAX, tl.int32)
-        wmax = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+    slots = tl.arange(0, SLOTS)
+    slot_base = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64) * SLOTS
+    n_tiles = tl.cdiv(n_rows, BLOCK_R)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+        in_rows = rows < n_rows
+        seed, offset, row_id, current, is_masked, active = _reveal(
+            rng_ptr, row_index_ptr, ids_ptr, prob_ptr, rows, in_rows, mask_id, has_ids
+        )
+        row_off = rows.to(tl.int64) * stride_row
+        # a tile whose rows are all kept as they are runs no sweep at all
+        n_cols = tl.where(tl.max(active.to(tl.int32), axis=0) > 0, vocab, 0)
+        # -- sweep 1 (the only read from DRAM): maximum (NaN and +inf count as +inf: the row is then
+        # invalid), first argmax, with top-k the histogram of the finite logits' key bins
+        lane_m = tl.full([BLOCK_R, BLOCK_V], NEG_INF, tl.float32)
+        lane_first = tl.zeros([BLOCK_R, BLOCK_V], dtype=tl.int32)
+        hist_x = tl.zeros([BLOCK_R * X_BINS], dtype=tl.int32)
         for start in range(0, n_cols, BLOCK_V):
-            x = _load_logits(logits_ptr, row_off, live_rows, banned_ptr, start + lanes, vocab)
-            w = tl.where(float_key(x) >= kthr[:, None], exp_weight((x - m[:, None]) * inv_t), 0.0)
-            z_k += tl.sum(w.to(tl.float64), axis=1)
-            wkey = float_key(w)
-            wmin = tl.minimum(wmin, tl.min(tl.where(w > 0.0, wkey, INT32_MAX), axis=1))
-            wmax = tl.maximum(wmax, tl.max(wkey, axis=1))
-        need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * z_k
-        lo = tl.where(live_rows, wmin, wmax)
-        hi = wmax
-        steps = 0
-        while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
-            live = lo < hi
-            pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64)) >> 1)).to(tl.int32)
-            mass = tl.zeros([BLOCK_R], dtype=tl.float64)
-            above = tl.full([BLOCK_R], INT32_MAX, tl.int32)
-            below = tl.full([BLOCK_R], INT32_MIN, tl.int32)
-            for start in range(0, n_cols, BLOCK_V):
-                x = _load_logits(logits_ptr, row_off, live_rows & live, banned_ptr, start + lanes, vocab)
+            x = _load_logits(logits_ptr, row_off, active, banned_ptr, start + lanes, vocab)
+            x = tl.where(x == x, x, float("inf"))
+            better = x > lane_m  # a later column replaces only a larger value: the first argmax
+            lane_first = tl.where(better, start + lanes[None, :], lane_first)
+            lane_m = tl.where(better, x, lane_m)
+            if use_topk != 0:
+                finite = (x > NEG_INF) & (x < float("inf"))
+                hist_x += _histogram((float_key(x) >> (32 - X_BITS)) + X_BINS // 2, finite, BLOCK_R, BLOCK_V,
+                                     X_BINS)
+        m = tl.max(lane_m, axis=1)
+        first = tl.min(tl.where(lane_m == m[:, None], lane_first, INT32_MAX), axis=1)
+        invalid = (m == float("inf")) | (m == NEG_INF)
+        m = tl.where(invalid, 0.0, m)
+        first = tl.where(invalid, 0, first)
+        live = active & ~invalid
+        # kept on the streamed path: key(x) >= kthr and key(w) >= wthr; candidates of the
+        # compacted path: key(x) >= cut_x and key(w) >= cut_w
+        kthr = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+        wthr = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+        cut_x = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+        cut_w = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+        compact = live & (rows < 0)  # rows decided in the slots (none yet)
+        z_k = tl.zeros([BLOCK_R], dtype=tl.float64)
+        if use_topk != 0:
+            cut_x, n_cand = _topk_cut(hist_x, top_k, BLOCK_R)
+            compact = live & (n_cand <= SLOTS)
+            # a crowded row: the exact k-th largest by bisection over the keys from the bin's
+            # lowest key (at least k logits at or above it) to the maximum's
+            lo = tl.where(live & ~compact, cut_x, INT32_MIN)
+            hi = tl.where(live & ~compact, float_key(m), INT32_MIN)
+            steps = 0
+            while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
+                searching = lo < hi
+                pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64) + 1) >> 1)).to(tl.int32)
+                count = tl.zeros([BLOCK_R], dtype=tl.int32)
+                above = tl.full([BLOCK_R], INT32_MAX, tl.int32)
+                below = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+                for start in range(0, vocab, BLOCK_V):
+                    inb = start + lanes[None, :] < vocab
+                    x = _load_logits(logits_ptr, row_off, searching, banned_ptr, start + lanes, vocab)
+                    key = float_key(x)
+                    ge = inb & (key >= pivot[:, None])
+                    count += tl.sum(ge.to(tl.int32), axis=1)
+                    above = tl.minimum(above, tl.min(tl.where(ge, key, INT32_MAX), axis=1))
+                    below = tl.maximum(below, tl.max(tl.where(inb & ~ge, key, INT32_MIN), axis=1))
+                enough = count >= top_k
+                lo = tl.where(searching & enough, above, lo)
+                hi = tl.where(searching, tl.where(enough, tl.where(count == top_k, above, hi), below), hi)
+                steps += 1
+            kthr = tl.where(compact, INT32_MIN, lo)
+        k_compact = compact  # rows whose top-k candidates are compacted (their top-p too is decided there)
+        if use_topp != 0:
+            # -- the rows that top-k did not leave compacted: the normaliser of the top-k set, the
+            # weights' range and the histogram of their bins
+            weigh = live & ~k_compact
+            n_weigh = tl.where(tl.max(weigh.to(tl.int32), axis=0) > 0, vocab, 0)
+            wmin = tl.full([BLOCK_R], INT32_MAX, tl.int32)
+            wmax = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+            hist_w = tl.zeros([BLOCK_R * W_BINS], dtype=tl.int32)
+            for start in range(0, n_weigh, BLOCK_V):
+                x = _load_logits(logits_ptr, row_off, weigh, banned_ptr, start + lanes, vocab)
                 w = tl.where(float_key(x) >= kthr[:, None], exp_weight((x - m[:, None]) * inv_t), 0.0)
+                z_k += tl.sum(w.to(tl.float64), axis=1)
                 wkey = float_key(w)
-                gt = wkey > pivot[:, None]
-                mass += tl.sum(tl.where(gt, w.to(tl.float64), 0.0), axis=1)
-                above = tl.minimum(above, tl.min(tl.where(gt, wkey, INT32_MAX), axis=1))
-                below = tl.maximum(below, tl.max(tl.where(gt, INT32_MIN, wkey), axis=1))
-            small = mass < need
-            lo = tl.where(live & ~small, above, lo)
-            hi = tl.where(live & small, below, hi)
-            steps += 1
-        wthr = lo
-    # final pass: the draw and the float64 sums over the kept set
-    z = tl.zeros([BLOCK_R], dtype=tl.float64)
-    ws = tl.zeros([BLOCK_R], dtype=tl.float64)
-    best = tl.full([BLOCK_R], NEG_INF, tl.float32)
-    token = first
-    w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
-    second = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(0, n_cols, BLOCK_V):
-        cols = start + lanes
-        x = _load_logits(logits_ptr, row_off, live_rows, banned_ptr, cols, vocab)
-        s = (x - m[:, None]) * inv_t
-        w = exp_weight(s)
-        kept = (float_key(x) >= kthr[:, None]) & (float_key(w) >= wthr[:, None]) & (x > NEG_INF)
-        w = tl.where(kept, w, 0.0)
-        z += tl.sum(w.to(tl.float64), axis=1)
-        if WITH_ENTROPY:
+                wmin = tl.minimum(wmin, tl.min(tl.where(w > 0.0, wkey, INT32_MAX), axis=1))
+                wmax = tl.maximum(wmax, tl.max(wkey, axis=1))
+                hist_w += _histogram(wkey >> W_SHIFT, w > 0.0, BLOCK_R, BLOCK_V, W_BINS)
+            cut_p, n_cand_p = _topp_cut(hist_w, z_k, top_p, BLOCK_R)
+            fits = weigh & (n_cand_p <= SLOTS)
+            cut_x = tl.where(fits, kthr, cut_x)
+            cut_w = tl.where(fits, cut_p, cut_w)
+            compact = compact | fits
+            # a crowded row: the smallest kept weight by bisection over the weights' keys
+            need = tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * z_k
+            lo = tl.where(weigh & ~fits, wmin, wmax)
+            hi = wmax
+            steps = 0
+            while (tl.max((lo < hi).to(tl.int32), axis=0) > 0) & (steps < MAX_SEARCH_STEPS):
+                searching = lo < hi
+                pivot = (lo.to(tl.int64) + ((hi.to(tl.int64) - lo.to(tl.int64)) >> 1)).to(tl.int32)
+                mass = tl.zeros([BLOCK_R], dtype=tl.float64)
+                above = tl.full([BLOCK_R], INT32_MAX, tl.int32)
+                below = tl.full([BLOCK_R], INT32_MIN, tl.int32)
+                for start in range(0, vocab, BLOCK_V):
+                    x = _load_logits(logits_ptr, row_off, searching, banned_ptr, start + lanes, vocab)
+                    w = tl.where(float_key(x) >= kthr[:, None], exp_weight((x - m[:, None]) * inv_t), 0.0)
+                    wkey = float_key(w)
+                    gt = wkey > pivot[:, None]
+                    mass += tl.sum(tl.where(gt, w.to(tl.float64), 0.0), axis=1)
+                    above = tl.minimum(above, tl.min(tl.where(gt, wkey, INT32_MAX), axis=1))
+                    below = tl.maximum(below, tl.max(tl.where(gt, INT32_MIN, wkey), axis=1))
+                small = mass < need
+                lo = tl.where(searching & ~small, above, lo)
+                hi = tl.where(searching & small, below, hi)
+                steps += 1
+            wthr = tl.where(weigh & ~fits, lo, INT32_MIN)
+        # the outputs' float64 sums over the kept set, the token, its weight and the largest kept
+        # weight besides the first argmax's
+        z = tl.zeros([BLOCK_R], dtype=tl.float64)
+        ws = tl.zeros([BLOCK_R], dtype=tl.float64)
+        token = first
+        w_tok = tl.zeros([BLOCK_R], dtype=tl.float32)
+        second = tl.zeros([BLOCK_R], dtype=tl.float32)
+        if tl.max(compact.to(tl.int32), axis=0) > 0:
+            # -- compacted rows: the candidates take slots in id order; decide and draw among them
+            tl.debug_barrier()  # the previous tile's reads of the slots are done
+            filled = tl.zeros([BLOCK_R], dtype=tl.int32)
+            for start in range(0, vocab, BLOCK_V):
+                x = _load_logits(logits_ptr, row_off, compact, banned_ptr, start + lanes, vocab)
+                cand = (x > NEG_INF) & (float_key(x) >= cut_x[:, None])
+                if use_topp != 0:
+                    w = exp_weight((x - m[:, None]) * inv_t)
+                    cand = cand & (w > 0.0) & (float_key(w) >= cut_w[:, None])
+                rank = filled[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
+                tl.store(slot_x_ptr + slot_base[:, None] + rank, x, mask=cand & (rank < SLOTS))
+                tl.store(slot_col_ptr + slot_base[:, None] + rank, start + lanes[None, :] + rank * 0,
+                         mask=cand & (rank < SLOTS))
+                filled += tl.sum(cand.to(tl.int32), axis=1)
+            tl.debug_barrier()
+            have = compact[:, None] & (slots[None, :] < filled[:, None])
+            n_filled = tl.max(tl.where(compact, filled, 0), axis=0)
+            xc = tl.load(slot_x_ptr + slot_base[:, None] + slots[None, :], mask=have, other=NEG_INF)
+            keep = have
+            x_thr = tl.full([BLOCK_R], NEG_INF, tl.float32)
+            if use_topk != 0:
+                # rank: the candidates strictly larger (every larger logit is a candidate)
+                larger = tl.zeros([BLOCK_R, SLOTS], dtype=tl.int32)
+                for c in range(0, n_filled, PAIR_CHUNK):
+                    other = c + tl.arange(0, PAIR_CHUNK)
+                    xo = tl.load(slot_x_ptr + slot_base[:, None] + other[None, :],
+                                 mask=compact[:, None] & (other[None, :] < filled[:, None]), other=NEG_INF)
+                    larger += tl.sum((xo[:, None, :] > xc[:, :, None]).to(tl.int32), axis=2)
+                keep = keep & (larger < top_k)
+                x_thr = tl.min(tl.where(keep, xc, float("inf")), axis=1)
+            sc = (xc - m[:, None]) * inv_t
+            wc = exp_weight(sc)
+            if use_topp != 0:
+                # top-k left the row compacted: its normaliser is the kept candidates' sum
+                z_k = tl.where(k_compact, tl.sum(tl.where(keep, wc, 0.0).to(tl.float64), axis=1), z_k)
+                wk = tl.where(keep, wc, 0.0)
+                above = tl.zeros([BLOCK_R, SLOTS], dtype=tl.float64)
+                for c in range(0, n_filled, PAIR_CHUNK):
+                    other = c + tl.arange(0, PAIR_CHUNK)
+                    xo = tl.load(slot_x_ptr + slot_base[:, None] + other[None, :],
+                                 mask=compact[:, None] & (other[None, :] < filled[:, None]), other=NEG_INF)
+                    wo = tl.where(xo >= x_thr[:, None], exp_weight((xo - m[:, None]) * inv_t), 0.0)
+                    bigger = wo[:, None, :] > wk[:, :, None]
+                    above += tl.sum(tl.where(bigger, wo[:, None, :].to(tl.float64), 0.0), axis=2)
+                keep = keep & (above < (tl.full([BLOCK_R], top_p, tl.float32).to(tl.float64) * z_k)[:, None])
+            cc = tl.load(slot_col_ptr + slot_base[:, None] + slots[None, :], mask=have, other=0)
+            wk = tl.where(keep, wc, 0.0)
+            # the largest score, ties to the lower id (the slots are in id order)
+            score = tl.where(keep, sc - _gumbel(seed, cc, row_id[:, None], offset), NEG_INF)
+            top = tl.max(score, axis=1)
+            drawn = tl.min(tl.where(keep & (score == top[:, None]), cc, INT32_MAX), axis=1)
+            token = tl.where(compact & (greedy == 0), drawn, token)
+            z = tl.where(compact, tl.sum(wk.to(tl.float64), axis=1), z)
+            w_tok = tl.where(compact, tl.sum(tl.where(cc == token[:, None], wk, 0.0), axis=1), w_tok)
+            ws = tl.where(compact, tl.sum(tl.where(wk > 0.0, wk.to(tl.float64) * sc.to(tl.float64), 0.0), axis=1), ws)
+            second = tl.where(compact, tl.max(tl.where(cc == first[:, None], 0.0, wk), axis=1), second)
+        # -- the other rows: a sweep draws and sums over the kept set
+        swept = live & ~compact
+        best = tl.full([BLOCK_R], NEG_INF, tl.float32)
+        n_swept = tl.where(tl.max(swept.to(tl.int32), axis=0) > 0, vocab, 0)
+        for start in range(0, n_swept, BLOCK_V):
+            cols = start + lanes
+            x = _load_logits(logits_ptr, row_off, swept, banned_ptr, cols, vocab)
+            s = (x - m[:, None]) * inv_t
+            w = exp_weight(s)
+            kept = (float_key(x) >= kthr[:, None]) & (float_key(w) >= wthr[:, None]) & (x > NEG_INF)
+            w = tl.where(kept, w, 0.0)
+            z += tl.sum(w.to(tl.float64), axis=1)
             ws += tl.sum(tl.where(w > 0.0, w.to(tl.float64) * s.to(tl.float64), 0.0), axis=1)
-        if WITH_MARGIN:
             second = tl.maximum(second, tl.max(tl.where(cols[None, :] == first[:, None], 0.0, w), axis=1))
-        if not GREEDY:
-            score = tl.where(kept, s - _gumbel(seed, cols[None, :], row_id[:, None], offset), NEG_INF)
-            block_best = tl.max(score, axis=1)
-            block_arg = tl.argmax(score, axis=1)
-            better = block_best > best
-            best = tl.where(better, block_best, best)
-            token = tl.where(better, start + block_arg, token)
-            w_tok = tl.where(better, tl.sum(tl.where(lanes[None, :] == block_arg[:, None], w, 0.0), axis=1), w_tok)
-    if GREEDY:  # the token is the first argmax, whose weight is exp_weight(0) = 1 exactly
-        w_tok = tl.full([BLOCK_R], 1.0, tl.float32)
-    _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows, in_rows, active, is_masked,
-                   current, invalid, token, w_tok, second, z, ws, WITH_ENTROPY, WITH_MARGIN)
+            if greedy == 0:
+                score = tl.where(kept, s - _gumbel(seed, cols[None, :], row_id[:, None], offset), NEG_INF)
+                block_best = tl.max(score, axis=1)
+                block_arg = tl.argmax(score, axis=1)
+                better = block_best > best
+                best = tl.where(better, block_best, best)
+                token = tl.where(better, start + block_arg, token)
+                w_tok = tl.where(better, tl.sum(tl.where(lanes[None, :] == block_arg[:, None], w, 0.0), axis=1),
+                                 w_tok)
+        if greedy != 0:  # the token is the first argmax, whose weight is exp_weight(0) = 1 exactly
+            w_tok = tl.full([BLOCK_R], 1.0, tl.float32)
+        _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows, in_rows, active, is_masked,
+                       current, invalid, token, w_tok, second, z, ws, with_entropy, with_margin)
 
 
-def resident_block(vocab: int, dtype: torch.dtype) -> int:
-    """The block of the resident kernel for rows of ``vocab`` logits of ``dtype``; 0: too long."""
-    block = block_size(vocab, 1 << 30)
-    return block if block <= RESIDENT_MAX_BLOCK[4 if dtype == torch.float32 else 2] else 0
+@functools.cache
+def _device_caps(index: int) -> tuple[int, int]:
+    """(SMs, L2 bytes) of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, int(getattr(props, "L2_cache_size", 0) or 0)
 
 
-def picks_resident(vocab: int, dtype: torch.dtype, top_k: int) -> bool:
-    """Whether the launcher's default (``resident=None``) is the resident kernel: top-k is on
-    (``0 < top_k < vocab``) and the row fits (:func:`resident_block`).
+def programs(n_tiles: int, row_bytes: int, device: torch.device) -> int:
+    """Programs of the persistent grid for ``n_tiles`` tiles whose rows hold ``row_bytes`` each.
 
-    The rule follows the kernel table measured on an H200 with Triton 3.6
-    (``bench/results/triton_kernels_NVIDIA_H200.md``, 4096 rows): with top-k 30 the resident kernel
-    was 1.9-2.9x faster than the streamed one, whose top-k bisection sweeps the row up to 32 times;
-    without top-k the streamed kernel was faster: 1.1-1.2x with no filter or greedy and 1.4-2x with
-    top-p alone at V = 30522, 2-4.9x at V = 50257 (bf16, where the resident kernel holds 64 logits
-    per thread).
+    On a GPU: up to :data:`PROGRAMS_PER_SM` per SM, fewer when the rows in flight (one per
+    program) would take more than half of the L2 cache, at least one per SM; under the
+    interpreter :data:`INTERPRETED_PROGRAMS`. Never more than the tiles.
     """
-    return 0 < top_k < vocab and resident_block(vocab, dtype) > 0
+    if INTERPRETED or device.type != "cuda":
+        return max(1, min(n_tiles, INTERPRETED_PROGRAMS))
+    sms, l2_bytes = _device_caps(device.index if device.index is not None else torch.cuda.current_device())
+    in_l2 = l2_bytes // 2 // max(row_bytes, 1) if l2_bytes else sms * PROGRAMS_PER_SM
+    return max(1, min(n_tiles, max(sms, min(sms * PROGRAMS_PER_SM, in_l2))))
+
+
+def launch_shape(n_rows: int, vocab: int) -> tuple[int, int, int]:
+    """(rows per tile, logits per block, warps) of the kernel: one row per tile on a GPU; many
+    under the interpreter, whose cost is per operation."""
+    if INTERPRETED:
+        block_v = block_size(vocab, 4096)
+        return max(1, min(triton.next_power_of_2(n_rows), (1 << 15) // block_v)), block_v, 4
+    return 1, block_size(vocab, GPU_BLOCK_V), GPU_WARPS
 
 
 def launch_sample(
@@ -668,15 +481,13 @@ def launch_sample(
     top_p: float,
     with_entropy: bool,
     with_margin: bool,
-    resident: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch a sampling kernel; returns (tokens [R] int64, confidence [R], entropy, margin).
+    """Launch the sampling kernel; returns (tokens [R] int64, confidence [R], entropy, margin).
 
     ``inv_temperature`` is ``1 / T`` (1 when greedy), rounded to float32 by the kernel like the
     reference's ``torch.tensor(1 / T, dtype=float32)``; ``top_k <= 0`` or ``>= V`` disables top-k,
     ``top_p >= 1`` disables top-p; ``entropy`` and ``margin`` are ``[R]`` float32 when asked for,
-    else empty. ``resident`` picks the kernel: True the resident one where the row fits (else the
-    streamed one), False the streamed one, None :func:`picks_resident`.
+    else empty.
     """
     n_rows, vocab = logits.shape
     device = logits.device
@@ -686,52 +497,20 @@ def launch_sample(
     if n_rows == 0:
         return tokens, conf, entropy, margin
     use_topk = 0 < top_k < vocab
-    use_topp = top_p < 1.0
-    block = resident_block(vocab, logits.dtype)
-    common = (
-        tokens if ids is None else ids.contiguous(), unmask_prob.contiguous(),
+    block_r, block_v, num_warps = launch_shape(n_rows, vocab)
+    grid = programs(triton.cdiv(n_rows, block_r), vocab * logits.element_size(), device)
+    slot_x = torch.empty(grid * block_r * SLOTS, dtype=torch.float32, device=device)
+    slot_col = torch.empty(grid * block_r * SLOTS, dtype=torch.int32, device=device)
+    _sample_kernel[(grid,)](
+        logits, logits.stride(0), tokens if ids is None else ids.contiguous(), unmask_prob.contiguous(),
         banned.contiguous().view(torch.int8), row_index.contiguous(), rng,
-        tokens, conf, entropy if with_entropy else conf, margin if with_margin else conf,
-    )
-    flags = dict(HAS_IDS=ids is not None, GREEDY=greedy, USE_TOPK=use_topk, USE_TOPP=use_topp,
-                 WITH_ENTROPY=with_entropy, WITH_MARGIN=with_margin)
-    scalars = (n_rows, vocab, mask_id, inv_temperature, top_k if use_topk else 0, top_p)
-    if block and (resident if resident is not None else picks_resident(vocab, logits.dtype, top_k)):
-        if INTERPRETED:
-            block_r = max(1, min(triton.next_power_of_2(n_rows), (1 << 15) // block, 16))
-            num_warps = 4
-        else:
-            block_r, num_warps = 1, resident_warps(block)
-        slot_x = torch.empty(n_rows, COMPACT_SLOTS, dtype=torch.float32, device=device)
-        slot_col = torch.empty(n_rows, COMPACT_SLOTS, dtype=torch.int32, device=device)
-        slot_n = torch.empty(n_rows, dtype=torch.int32, device=device)
-        _sample_resident_kernel[(triton.cdiv(n_rows, block_r),)](
-            logits, logits.stride(0), *common, slot_x, slot_col, slot_n, *scalars, **flags,
-            BLOCK_R=block_r, BLOCK_V=block, SLOTS=COMPACT_SLOTS, PARTS=resident_parts(block), num_warps=num_warps, **LAUNCH_OPTIONS,
-        )
-        return tokens, conf, entropy, margin
-    if INTERPRETED:  # many rows per program: the interpreter's cost is per operation
-        block_v = block_size(vocab, 4096)
-        block_r = max(1, min(triton.next_power_of_2(n_rows), (1 << 16) // block_v))
-        num_warps = 4
-    else:
-        block_v, block_r, num_warps = block_size(vocab, 2048), 1, 8
-    _sample_kernel[(triton.cdiv(n_rows, block_r),)](
-        logits, logits.stride(0), *common, *scalars, **flags,
-        BLOCK_R=block_r, BLOCK_V=block_v, num_warps=num_warps, **LAUNCH_OPTIONS,
+        tokens, conf, entropy if with_entropy else conf, margin if with_margin else conf, slot_x, slot_col,
+        n_rows, vocab, mask_id, inv_temperature, top_k if use_topk else 0, top_p,
+        int(ids is not None), int(greedy), int(use_topk), int(top_p < 1.0), int(with_entropy), int(with_margin),
+        BLOCK_R=block_r, BLOCK_V=block_v, SLOTS=SLOTS, num_warps=num_warps, **LAUNCH_OPTIONS,
+        **({} if INTERPRETED else {"maxnreg": GPU_MAX_REGISTERS}),
     )
     return tokens, conf, entropy, margin
-
-
-def resident_parts(block: int) -> int:
-    """Parts that the resident kernel walks a row of ``block`` logits in (:data:`RESIDENT_PARTS`,
-    at most one per logit)."""
-    return min(RESIDENT_PARTS, block)
-
-
-def resident_warps(block: int) -> int:
-    """Warps per program of the resident kernel on a GPU: 32 logits per thread, 4 to 32 warps."""
-    return max(4, min(32, block // (32 * 32)))
 
 
 #: The launcher as the ``torch.library`` op ``dbert_kernels::triton_sample`` (``torch.compile``
@@ -741,5 +520,5 @@ triton_sample = torch.library.custom_op("dbert_kernels::triton_sample", mutates_
 
 @triton_sample.register_fake
 def _(logits, ids, unmask_prob, banned, row_index, rng, mask_id, inv_temperature, greedy, top_k, top_p,
-      with_entropy, with_margin, resident=None):
+      with_entropy, with_margin):
     return empty_sample_outputs(logits, with_entropy, with_margin)
