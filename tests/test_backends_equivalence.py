@@ -290,7 +290,11 @@ def test_sample_never_reads_rows_it_does_not_sample(backend: str, dev: torch.dev
     kw = dict(mask_id=MASK, unmask_prob=prob, seed=3, offset=4, row_index=row_index, validate=False)
     tok, conf = dk.sample_absorbing(poisoned, ids, backend=backend, **kw)
     want_tok, want_conf = dk.sample_absorbing(logits, ids, backend="reference", **kw)
-    assert torch.equal(tok, want_tok)
+    assert torch.equal(tok[~reveal], want_tok[~reveal])  # the rows not read keep their token
+    if dev.type == "cpu":
+        assert torch.equal(tok, want_tok)
+    else:  # GPU log/exp may move a Gumbel near-tie by one ulp
+        assert int((tok != want_tok).sum()) <= 2
     assert torch.equal(conf[~reveal], want_conf[~reveal])
     assert torch.equal(conf[ids != MASK], torch.ones_like(conf[ids != MASK]))
 
