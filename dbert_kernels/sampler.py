@@ -1,7 +1,8 @@
 """The reverse-process loop: generation from all ``[MASK]`` with any denoiser.
 
-``generate`` starts every free position at ``[MASK]`` and, block by block (one block, the whole
-sequence, unless ``block_length`` is given), runs a short loop: build the step's
+``generate`` starts every free position at ``[MASK]`` and, block by block (laid from the first
+masked position; one block to the end unless ``block_length`` is given; the steps shared over
+the blocks that hold masked positions), runs a short loop: build the step's
 :class:`~dbert_kernels.strategies.StepState`, let the strategy turn it into new ids, optionally
 end rows that have written their stop id, repeat until the block has no ``[MASK]`` left or its
 share of ``steps`` is used. The strategies (:mod:`dbert_kernels.strategies`) hold the reveal
@@ -144,11 +145,17 @@ def make_strategy(
     return EntropyBoundStep(gamma, min_per_step=min_per_step, max_per_step=max_per_step)
 
 
-def _blocks(seq_len: int, block_length: int | None) -> list[tuple[int, int]]:
-    if block_length is None:
-        return [(0, seq_len)]
-    _check_positive_int(block_length, "block_length")
-    return [(a, min(a + block_length, seq_len)) for a in range(0, seq_len, block_length)]
+def _blocks(ids: torch.Tensor, mask_id: int, block_length: int | None) -> list[tuple[int, int]]:
+    """The decoding blocks ``[start, end)`` of the template ``ids``: laid from the first position
+    that a row leaves masked (the end of the prompt / fixed prefix), ``block_length`` wide (None:
+    one block to the end), and only those that hold a masked position."""
+    seq_len = ids.shape[1]
+    masked = (ids == mask_id).any(dim=0).tolist()
+    if True not in masked:
+        return []
+    first = masked.index(True)
+    width = seq_len - first if block_length is None else block_length
+    return [(a, min(a + width, seq_len)) for a in range(first, seq_len, width) if any(masked[a : a + width])]
 
 
 class _Ask:
@@ -255,7 +262,7 @@ def generate(
         mask_id: the ``[MASK]`` id.
         steps: denoising steps (>= 1); for the adaptive strategies (``threshold``,
             ``entropy_bound``) an upper bound on the denoiser calls. With blocks, the steps are
-            shared out over the blocks (``steps >= `` the number of blocks).
+            shared out over the blocks that hold masked positions (``steps >=`` their number).
         schedule: noise schedule (default: linear D3PM).
         strategy: ``"posterior"``, ``"topk"``, ``"threshold"``, ``"entropy_bound"`` or a
             :class:`~dbert_kernels.strategies.Strategy` (see :mod:`dbert_kernels.strategies`).
@@ -276,7 +283,8 @@ def generate(
         gamma: ``strategy="entropy_bound"``: the entropy bound (nats, > 0).
         min_per_step, max_per_step: reveal bounds per row and step of the adaptive strategies.
         block_length: decode left-to-right blocks of this many positions, each to completion
-            before the next opens (None: one block, the whole sequence).
+            before the next opens, laid from the first masked position (the end of the prompt /
+            fixed prefix), as LLaDA and Fast-dLLM lay them (None: one block to the end).
         stop_ids: ids that end a row (e.g. ``[SEP]``); a row whose first stop id has nothing
             masked before it gets its remaining masks filled with ``pad_id`` and no more calls
             (counted in the stats). None: off.
@@ -313,9 +321,8 @@ def generate(
         gumbel_temperature=gumbel_temperature, confidence=confidence, threshold=threshold, gamma=gamma,
         min_per_step=min_per_step, max_per_step=max_per_step,
     )
-    blocks = _blocks(seq_len, block_length)
-    if steps < len(blocks):
-        raise ValueError(f"steps={steps} is fewer than the {len(blocks)} blocks of block_length={block_length}")
+    if block_length is not None:
+        _check_positive_int(block_length, "block_length")
     if refresh_every is not None:
         _check_positive_int(refresh_every, "refresh_every")
     if stop_ids is not None and pad_id is None:
@@ -333,6 +340,10 @@ def generate(
         given = next((x for x in (fixed, prefix) if isinstance(x, torch.Tensor)), None)
         device = given.device if given is not None else getattr(den, "device", None) or torch.device("cpu")
     ids = build_template(batch_size, seq_len, mask_id, prefix=prefix, fixed=fixed, device=device)
+    blocks = _blocks(ids, mask_id, block_length)
+    if steps < len(blocks):
+        raise ValueError(f"steps={steps} is fewer than the {len(blocks)} blocks of block_length={block_length} "
+                         "that hold masked positions")
     row_index = torch.arange(batch_size * seq_len, device=ids.device)
     vocab = getattr(den, "vocab_size", 0) or None
     if vocab is not None:
@@ -344,6 +355,7 @@ def generate(
     stats = GenerateStats()
     ask = _Ask(den, stats, kv)
     share = [steps // len(blocks) + (1 if i < steps % len(blocks) else 0) for i in range(len(blocks))]
+    steps = sum(share)  # 0 when nothing is masked
     pos = torch.arange(seq_len, device=ids.device)
     offset = 0
     bar = _progress(steps, progress)
