@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .arch import Architecture, StepLoss
 from .data import EncodedSplit
 from .evaluate import whole_only
 from .settings import DiffusionSettings
@@ -36,6 +37,7 @@ from .settings import DiffusionSettings
 __all__ = [
     "ARCHS",
     "ARLoss",
+    "GPT2Architecture",
     "LoadedAR",
     "gpt2_config_like",
     "build_gpt2",
@@ -46,7 +48,8 @@ __all__ = [
     "is_ar_checkpoint",
 ]
 
-#: Architectures of :class:`dbert_model.train.TrainConfig.arch`: the masked diffusion model or GPT-2.
+#: The built-in architectures of :class:`dbert_model.settings.TrainConfig.arch` (the registry,
+#: :func:`dbert_model.arch.architecture_names`, may hold more).
 ARCHS = ("diffusion", "gpt2")
 #: ``cache`` values of :func:`sample_ar`.
 CACHES = ("dynamic", "static")
@@ -247,7 +250,8 @@ class LoadedAR:
     settings: DiffusionSettings
     tokenizer: Any
     token_counts: torch.Tensor
-    path: Path
+    path: Path | None
+    arch: str = "gpt2"
 
 
 def is_ar_checkpoint(path: str | Path) -> bool:
@@ -264,12 +268,13 @@ def is_ar_checkpoint(path: str | Path) -> bool:
         return False
 
 
-def load_ar(path: str | Path, *, device: torch.device | str | None = None) -> LoadedAR:
+def load_ar(path: str | Path, *, device: torch.device | str | None = None, tokenizer: Any = None) -> LoadedAR:
     """Load a GPT-2 checkpoint written by the trainer (``dbert train --arch gpt2``).
 
     ``path``: a run directory (its current checkpoint is loaded), a step directory or a directory
     in the flat layout, as for :func:`dbert_model.checkpoint.load_checkpoint`; ``LoadedAR.path``
-    is the directory the files were read from.
+    is the directory the files were read from. ``tokenizer``: use this one instead of the
+    checkpoint's own (it must have the same vocabulary).
     """
     from safetensors.torch import load_file, load_model
     from transformers import AutoConfig, GPT2LMHeadModel
@@ -284,7 +289,7 @@ def load_ar(path: str | Path, *, device: torch.device | str | None = None) -> Lo
         raise ValueError(f"{path} is not a GPT-2 checkpoint (train one with `dbert train --arch gpt2`)")
     path = resolve_checkpoint(path) or path
     settings = DiffusionSettings.load(path)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path) if tokenizer is None else tokenizer
     check_vocabulary(settings, tokenizer, where=f"checkpoint {path}")
     model = GPT2LMHeadModel(AutoConfig.from_pretrained(str(path), local_files_only=True))
     missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
@@ -293,3 +298,53 @@ def load_ar(path: str | Path, *, device: torch.device | str | None = None) -> Lo
                          f"unexpected {sorted(unexpected)[:4]}")
     counts = load_file(str(path / STATS_FILE))["counts"]
     return LoadedAR(model=model.to(device).eval(), settings=settings, tokenizer=tokenizer, token_counts=counts, path=path)
+
+
+class GPT2Architecture(Architecture):
+    """The GPT-2 baseline as an :class:`~dbert_model.arch.Architecture` (registry name ``"gpt2"``)."""
+
+    name = "gpt2"
+    model_types = ("gpt2",)
+
+    def build(self, cfg: Any, settings: DiffusionSettings) -> Any:
+        from .diffusion import init_source
+
+        return build_gpt2(init_source(cfg, settings.vocab_size), settings)
+
+    def describe(self, settings: DiffusionSettings) -> str:
+        return "GPT-2"
+
+    def load(self, path: Path, *, device: Any = None, tokenizer: Any = None) -> LoadedAR:
+        return load_ar(path, device=device, tokenizer=tokenizer)
+
+    def loss(self, model: Any, ids: torch.Tensor, *, settings: DiffusionSettings, info: torch.Tensor, cfg: Any,
+             step: int, shard: slice) -> StepLoss:
+        """Next-token CE: every predicted token counts as a scored ("masked") position."""
+        out = ar_loss(model, ids, settings.special_ids["pad"], shard=shard)
+        return StepLoss(out.loss, float(out.nll.sum()), float(out.tokens.sum()))
+
+    def validate(self, model: Any, settings: DiffusionSettings, info: torch.Tensor, split: EncodedSplit,
+                 cfg: Any) -> tuple[dict[str, float], str]:
+        res = ar_perplexity(model, split, settings.special_ids["pad"], batch_size=cfg.batch_size,
+                            max_sentences=cfg.eval_sentences)
+        return res, (f"NLL {res['nll_per_sentence']:.2f} nats/sentence, {res['nats_per_word']:.3f} nats/word, "
+                     f"PPL {res['perplexity']:.1f} (exact)")
+
+    def sample(self, model: Any, settings: DiffusionSettings, tokenizer: Any, *, n: int, seed: int = 0,
+               seq_len: int | None = None, top_k: int | None = 30, temperature: float = 1.0, steps: int = 32,
+               progress: bool = False, token_counts: torch.Tensor | None = None, **options: Any) -> tuple[torch.Tensor, Any]:
+        """:func:`sample_ar` (``steps`` and the diffusion decoding ``options`` do not apply; no statistics)."""
+        return sample_ar(model, settings, tokenizer, n=n, seq_len=seq_len, top_k=top_k, temperature=temperature,
+                         seed=seed), None
+
+    def perplexity(self, loaded: Any, split: EncodedSplit, *, batch_size: int, elbo_samples: int = 1, seed: int = 0,
+                   progress: bool = False, backend: str = "auto") -> dict[str, float]:
+        return ar_perplexity(loaded.model, split, loaded.settings.special_ids["pad"], batch_size=batch_size)
+
+    def report(self, results: dict[str, Any], loaded: Any, *, elbo_samples: int = 1) -> list[str]:
+        r = results
+        return [f"  NLL          {r['nll_per_sentence']:.2f} nats/sentence, {r['nats_per_word']:.3f} nats/word",
+                f"  perplexity   {r['perplexity']:.2f} per word, {r['perplexity_per_token']:.2f} per token (exact)"]
+
+    def sampling_note(self, steps: int) -> str:
+        return "KV cache"

@@ -14,6 +14,7 @@ Sources accepted by :func:`build_masked_lm` / :func:`build_model` / :func:`build
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,16 @@ def build_masked_lm(source: Any) -> nn.Module:
             f"no model at {path}: pass a local directory with config.json and weights, 'minilm', "
             "'bert-base' or a transformers config (the Hugging Face hub is not used)"
         )
-    with _quiet_transformers():
-        mlm, info = AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+    try:
+        with _quiet_transformers():
+            mlm, info = AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        # e.g. a pytorch_model.bin that unpickles to something other than a state dict of tensors
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(
+            f"{path} cannot be loaded as a model ({type(exc).__name__}: {text}): its weights are damaged or not a "
+            "state dict of tensors"
+        ) from exc
     head = tuple(f"{name}." for name in ("cls", "lm_head") if hasattr(mlm, name))
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(head))
     if missing:

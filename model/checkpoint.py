@@ -72,13 +72,15 @@ _TRASH_PREFIX = ".trash-"
 
 @dataclass
 class LoadedModel:
-    """What :func:`load_checkpoint` returns."""
+    """What :func:`load_checkpoint` returns (``arch``: its architecture's registry name, see
+    :mod:`dbert_model.arch`)."""
 
     model: DiffusionBert
     settings: DiffusionSettings
     tokenizer: Any
     token_counts: torch.Tensor
     path: Path
+    arch: str = "diffusion"
 
     def token_info(self) -> torch.Tensor:
         """``[V]`` token information for the checkpoint's spindle form."""

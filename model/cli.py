@@ -13,9 +13,11 @@ from typing import Any
 
 __all__ = ["main", "build_parser"]
 
-_TRAIN_FLAGS = {  # CLI flag -> TrainConfig / DiffusionSettings field (when the names differ)
-    "lambda": "spindle_lambda", "steps": "max_steps", "minutes": "max_minutes", "warmup": "warmup_steps",
-}
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``dbert CMD: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -46,13 +48,13 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .ar import ARCHS
+    from .arch import architecture_names
     from .settings import HYBRID_CE_SETS, LOSS_NORMS, LOSSES, SCHEDULES, TIME_DESIGNS, TIME_INITS
     from .train import TrainConfig
 
     d = TrainConfig()
     ds = d.diffusion
-    parser = argparse.ArgumentParser(prog="dbert", description="DiffusionBERT: train, generate, evaluate.")
+    parser = _Parser(prog="dbert", description="DiffusionBERT: train, generate, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train or resume a DiffusionBERT",
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None,
                    help="a JSON training configuration (TrainConfig.to_json form); flags given as well override it")
     t.add_argument("--out", default=d.out, help=f"checkpoint directory (default {d.out})")
-    t.add_argument("--arch", choices=ARCHS, default=d.arch,
+    t.add_argument("--arch", choices=architecture_names(), default=d.arch,
                    help="diffusion (DiffusionBERT) or gpt2 (the autoregressive baseline, shaped like --init's BERT)")
     t.add_argument("--data", default=d.data, help="'builtin' or a corpus path (text file, dir with train.txt, saved dataset)")
     t.add_argument("--init", default=d.init, help="minilm (pretrained), scratch, tiny, bert-base, or a local model dir")
@@ -79,21 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-init", choices=TIME_INITS, default=ds.time_init,
                    help="LTE/PTE time MLP init: normal (the authors') or zero (starts as TAD)")
     t.add_argument("--max-len", type=int, default=ds.max_len)
-    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)  # train values: checked by TrainConfig
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
     t.add_argument("--warmup", type=int, default=d.warmup_steps)
-    t.add_argument("--steps", type=_positive_int, default=d.max_steps, help="total optimiser steps")
+    t.add_argument("--steps", type=int, default=d.max_steps, help="total optimiser steps")
     t.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
     t.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    t.add_argument("--eval-every", type=_positive_int, default=d.eval_every)
-    t.add_argument("--eval-sentences", type=_positive_int, default=d.eval_sentences)
-    t.add_argument("--save-every", type=_positive_int, default=d.save_every)
-    t.add_argument("--log-every", type=_positive_int, default=d.log_every)
+    t.add_argument("--eval-every", type=int, default=d.eval_every)
+    t.add_argument("--eval-sentences", type=int, default=d.eval_sentences)
+    t.add_argument("--save-every", type=int, default=d.save_every)
+    t.add_argument("--log-every", type=int, default=d.log_every)
     t.add_argument("--sample-every", type=int, default=0, help="print 2 samples every N steps (0: never)")
-    t.add_argument("--grad-accum", type=_positive_int, default=d.grad_accum,
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum,
                    help="micro-batches per optimiser step (the global --batch-size is split into them)")
-    t.add_argument("--max-train-sentences", type=_positive_int, default=None)
+    t.add_argument("--max-train-sentences", type=int, default=None)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device)
     t.add_argument("--backend", default=d.backend)
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use an --out that exists and is not a checkpoint (its files are kept); with --no-resume, "
                    "start over in an existing checkpoint directory")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--count-special-tokens", action=argparse.BooleanOptionalAction, default=d.count_special_tokens,
+                   help="count [CLS] / [SEP] in the token counts of the spindle information (--no-count-special-"
+                   "tokens: the authors' word_freq.py counts)")
 
     g = sub.add_parser("generate", help="sample sentences",
                        description="Generate sentences from all-[MASK]. Without --model, uses (and on first use "
@@ -144,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--paper-metrics", action="store_true",
                    help="also Table 2's metrics: the 128-step bound over real tokens, BLEU / Self-BLEU of "
                    "128-step samples as the authors' mean of per-sample scores and pooled")
+    e.add_argument("--reveal", default="exact", metavar="{exact,authors}",
+                   help="spindle checkpoints, posterior strategy: sample with the exact per-token posterior "
+                   "(default) or the authors' reveal rule")
     e.add_argument("--judge", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) that scores the samples: "
                    "generative perplexity, distinct-1/2/3, repetition")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -155,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` of parsed ``dbert train`` arguments (flags that name a
     :class:`DiffusionSettings` field go to ``TrainConfig.diffusion``)."""
-    from .settings import DiffusionSettings
+    from .settings import TRAIN_FLAGS, DiffusionSettings
     from .train import TrainConfig
 
     own = {f.name for f in fields(TrainConfig)} - {"diffusion"}
@@ -163,7 +171,7 @@ def train_config(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {}
     diffusion: dict[str, Any] = {}
     for key, value in vars(args).items():
-        name = _TRAIN_FLAGS.get(key, key)
+        name = TRAIN_FLAGS.get(key, key)
         if name in diffusion_fields:
             diffusion[name] = value
         elif name in own:
@@ -175,6 +183,7 @@ def train_config(args: argparse.Namespace) -> Any:
 
 def _config_file_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     """``dbert train --config FILE``: the file's values become the defaults of the train flags."""
+    from .settings import TRAIN_FLAGS
     from .train import TrainConfig
 
     args, _ = parser.parse_known_args(argv)
@@ -185,7 +194,7 @@ def _config_file_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] |
         cfg = TrainConfig.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
         parser.exit(2, f"dbert train: error: --config {path}: {' '.join(str(exc).split())}\n")
-    flags = {v: k for k, v in _TRAIN_FLAGS.items()}
+    flags = {v: k for k, v in TRAIN_FLAGS.items()}
     values = {**{k: v for k, v in cfg.to_json().items() if k != "diffusion"}, **cfg.to_json()["diffusion"]}
     train_parser = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     train_parser.set_defaults(**{flags.get(k, k): v for k, v in values.items()})
@@ -202,8 +211,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .ar import is_ar_checkpoint, load_ar
-    from .checkpoint import load_checkpoint, read_trainer_state
+    from .arch import load_model
+    from .checkpoint import read_trainer_state
     from .demo import demo_model_path, ensure_demo_model
     from .tokenizer import load_tokenizer
     from .train import check_backend, resolve_device
@@ -220,22 +229,8 @@ def _load(args: argparse.Namespace) -> Any:
         path = Path(args.model)
         if path == demo_model_path():
             ensure_demo_model()
-    if is_ar_checkpoint(path):
-        return load_ar(path, device=device)
     tokenizer = load_tokenizer(args.tokenizer) if getattr(args, "tokenizer", None) else None
-    return load_checkpoint(path, device=device, tokenizer=tokenizer)
-
-
-def _check_seq_len(loaded: Any, seq_len: int | None) -> None:
-    """``--seq-len`` must fit the network's position table (one more position for the PTE time token)."""
-    if seq_len is None:
-        return
-    positions = int(getattr(loaded.model.config, "max_position_embeddings", 10**9))
-    extra = 1 if loaded.settings.time_design == "pte" else 0
-    if seq_len + extra > positions:
-        raise ValueError(
-            f"--seq-len {seq_len} exceeds the model's {positions - extra} positions: use --seq-len <= {positions - extra}"
-        )
+    return load_model(path, device=device, tokenizer=tokenizer)  # any registered architecture
 
 
 _DECODING_FLAGS = ("threshold", "gamma", "confidence", "min_per_step", "max_per_step", "block_length", "cache",
@@ -256,25 +251,20 @@ def _show_step(tokenizer: Any, mask_id: int) -> Any:
 
 
 def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str], Any]:
-    """Generated ids, their texts, and the sampler's statistics (None for a GPT-2 baseline)."""
-    from .ar import LoadedAR, sample_ar
-    from .generation import decode, sample_ids
+    """Generated ids, their texts, and the sampler's statistics (None where the architecture's
+    sampler has none, e.g. the GPT-2 baseline); a family ignores the decoding options it has no use for."""
+    from .arch import get_architecture
+    from .generation import decode
 
-    if isinstance(loaded, LoadedAR):
-        ids = sample_ar(loaded.model, loaded.settings, loaded.tokenizer, n=n, seq_len=getattr(args, "seq_len", None),
-                        top_k=args.top_k or None, temperature=args.temperature, seed=args.seed)
-        return ids, decode(loaded.tokenizer, ids, loaded.settings), None
-    _check_seq_len(loaded, getattr(args, "seq_len", None))
-    spindle = loaded.settings.build_schedule().is_spindle and not getattr(args, "sentence_level", False)
     options = {name: getattr(args, name) for name in _DECODING_FLAGS if hasattr(args, name)}
     if getattr(args, "show_steps", False):
         options["on_step"] = _show_step(loaded.tokenizer, loaded.settings.special_ids["mask"])
-    ids, stats = sample_ids(
+    ids, stats = get_architecture(loaded.arch).sample(
         loaded.model, loaded.settings, loaded.tokenizer, n=n, steps=args.steps, seq_len=getattr(args, "seq_len", None),
         strategy=args.strategy, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-        token_info=loaded.token_info().to(loaded.model.device) if spindle else None,
+        token_counts=loaded.token_counts, sentence_level=getattr(args, "sentence_level", False),
         reveal=getattr(args, "reveal", "exact"), early_stop=getattr(args, "early_stop", False),
-        seed=args.seed, progress=not args.no_progress, backend=args.backend, return_stats=True, **options,
+        seed=args.seed, progress=not args.no_progress, backend=args.backend, **options,
     )
     return ids, decode(loaded.tokenizer, ids, loaded.settings), stats
 
@@ -301,8 +291,11 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"[{i}] {text}")
         if args.show_ids:
             print(f"    ids: {ids[i].tolist()}")
-    if stats is None:  # a GPT-2 baseline: one forward per token with its KV cache
-        print(f"({args.num} x {ids.shape[1]} tokens, GPT-2 with KV cache, {elapsed:.2f} s)", file=sys.stderr)
+    if stats is None:  # e.g. the GPT-2 baseline: one forward per token with its KV cache
+        from .arch import get_architecture
+
+        note = get_architecture(loaded.arch).sampling_note(args.steps)
+        print(f"({args.num} x {ids.shape[1]} tokens, {loaded.arch}, {note}, {elapsed:.2f} s)", file=sys.stderr)
         return
     stopped = f", {stats.early_stopped_rows} rows stopped early" if stats.early_stopped_rows else ""
     print(f"({args.num} x {ids.shape[1]} tokens, {args.strategy}, {stats.calls} denoiser calls (at most {args.steps}), "
@@ -310,22 +303,24 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .ar import LoadedAR, ar_perplexity
+    from .arch import get_architecture
     from .checkpoint import read_trainer_state
     from .data import encode, load_corpus
-    from .evaluate import bleu4, elbo_perplexity, normalise_references, self_bleu
+    from .evaluate import bleu4, normalise_references, self_bleu
     from .judge import Judge
     from .train import resolve_device
 
+    if args.reveal not in ("exact", "authors"):  # checked here, not by argparse: one line, exit 2
+        raise ValueError(f"--reveal must be exact or authors, got {args.reveal!r}")
     if args.samples == 1:
         raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
     if args.judge and not args.samples:
         raise ValueError("--judge scores generated samples: give --samples N (N >= 2), not 0")
     judge = Judge.load(args.judge, device=resolve_device(args.device)) if args.judge else None
     loaded = _load(args)
-    is_ar = isinstance(loaded, LoadedAR)
-    if is_ar and args.paper_metrics:
-        raise ValueError("--paper-metrics scores a DiffusionBERT checkpoint; --model is a GPT-2 baseline")
+    arch = get_architecture(loaded.arch)
+    if args.paper_metrics and not arch.paper_metrics:
+        raise ValueError(f"--paper-metrics scores a DiffusionBERT checkpoint; --model is a {arch.name} checkpoint")
     data = args.data
     if data is None:
         state = read_trainer_state(loaded.path)
@@ -335,26 +330,22 @@ def _eval(args: argparse.Namespace) -> None:
     if args.max_sentences:
         sentences = sentences[: args.max_sentences]
     split = encode(loaded.tokenizer, sentences, loaded.settings.max_len)
-    results: dict[str, Any] = {"model": str(loaded.path), "arch": "gpt2" if is_ar else "diffusion", "data": data,
+    results: dict[str, Any] = {"model": str(loaded.path), "arch": arch.name, "data": data,
                                "split": args.split}
-    if is_ar:
-        results.update(ar_perplexity(loaded.model, split, loaded.settings.special_ids["pad"], batch_size=args.batch_size))
-    else:
-        info = loaded.token_info().to(next(loaded.model.parameters()).device)
-        results.update(elbo_perplexity(
-            loaded.model, loaded.settings, info, split, samples=args.elbo_samples, batch_size=args.batch_size,
-            seed=args.seed, progress=not args.no_progress, backend=args.backend,
-        ))
+    results.update(arch.perplexity(loaded, split, batch_size=args.batch_size, elbo_samples=args.elbo_samples,
+                                   seed=args.seed, progress=not args.no_progress, backend=args.backend))
     if args.samples:
         _, texts, _ = _sample(loaded, args, args.samples)
         refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
-        results.update({"samples": args.samples, "steps": args.steps, "bleu4": bleu4(texts, refs),
-                        "self_bleu4": self_bleu(texts), "example": texts[:3]})
+        results.update({"samples": args.samples, "steps": args.steps, "reveal": args.reveal, "bleu4": bleu4(texts, refs),
+                        "self_bleu4": self_bleu(texts), "empty_samples": sum(not t.strip() for t in texts),
+                        "example": texts[:3]})
         if judge is not None:
             results["judged"] = judge.score(texts)
     if args.paper_metrics:
         from .evaluate import PAPER_STEPS, paper_metrics
 
+        info = loaded.token_info().to(next(loaded.model.parameters()).device)
         texts = refs = None
         if args.samples:
             _, texts, _ = _sample(loaded, argparse.Namespace(**{**vars(args), "steps": PAPER_STEPS}), args.samples)
@@ -370,21 +361,14 @@ def _eval(args: argparse.Namespace) -> None:
     note = f"; {skipped} longer than max_len skipped" if skipped else ""
     r = results
     print(f"model {r['model']} on {data} ({args.split}, {int(r['sentences'])} whole sentences{note})")
-    if is_ar:
-        print(f"  NLL          {results['nll_per_sentence']:.2f} nats/sentence, {results['nats_per_word']:.3f} nats/word")
-        print(f"  perplexity   {results['perplexity']:.2f} per word, {results['perplexity_per_token']:.2f} per token (exact)")
-    else:
-        print(f"  NELBO bound (T = {r['T']:g} steps, {loaded.settings.loss} loss, Monte Carlo x {args.elbo_samples})")
-        print(f"    with [SEP]/[PAD] {r['nelbo_per_sentence']:.2f} nats/sentence, {r['nats_per_word']:.3f} nats/word "
-              f"-> perplexity per word <= {r['perplexity']:.2f}")
-        print(f"    real tokens      {r['nelbo_real_per_sentence']:.2f} nats/sentence, {r['nats_per_wordpiece']:.3f} "
-              f"nats/wordpiece -> perplexity per wordpiece <= {r['ppl_per_wordpiece']:.2f}")
-        print(f"    per token        {r['nats_per_token']:.3f} nats/token (WordPieces + [SEP], as GPT-2 predicts them) "
-              f"-> perplexity per token <= {r['perplexity_per_token']:.2f}")
+    for line in arch.report(results, loaded, elbo_samples=args.elbo_samples):
+        print(line)
     if args.samples:
-        how = "KV cache" if is_ar else f"{args.steps} steps"
+        how = arch.sampling_note(args.steps)
         print(f"  BLEU-4       {results['bleu4']:.4f} ({args.samples} samples vs the {args.split} set, {how})")
         print(f"  Self-BLEU-4  {results['self_bleu4']:.4f}")
+        if results["empty_samples"]:
+            print(f"  ({results['empty_samples']} empty samples left out of BLEU / Self-BLEU)")
         if args.judge:
             j = results["judged"]
             print(f"  judge        generative PPL {j['gen_ppl']:.2f}, distinct-1/2/3 {j['distinct_1']:.3f} / "
@@ -398,6 +382,9 @@ def _eval(args: argparse.Namespace) -> None:
             print(f"    {args.samples} samples x 128 steps: BLEU-4 {r['paper_bleu4_mean']:.4f} (mean per sample; "
                   f"pooled {r['paper_bleu4_pooled']:.4f}), Self-BLEU-4 {r['paper_self_bleu4_mean']:.4f} "
                   f"(pooled {r['paper_self_bleu4_pooled']:.4f})")
+            empty = int(r["paper_empty_samples"])
+            if empty:
+                print(f"    {empty} empty samples: 0 in the means (as the authors' code), left out of the pooled scores")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

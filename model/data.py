@@ -350,10 +350,35 @@ def encode_cached(tokenizer: Any, sentences: Sequence[str], max_len: int, cache:
                         whole=cols["whole"].to(torch.bool))
 
 
-def token_counts(ids: torch.Tensor, vocab_size: int, pad_id: int) -> torch.Tensor:
-    """``[V]`` int64 token counts of a split (padding not counted, so ``[PAD]`` gets count 0)."""
+def token_counts(ids: torch.Tensor, vocab_size: int, pad_id: int, *, add_special_tokens: bool = True) -> torch.Tensor:
+    """``[V]`` int64 token counts of a split (padding not counted, so ``[PAD]`` gets count 0).
+
+    ``ids``: ``[N, L]`` rows ``[CLS] x [SEP] [PAD]...`` as :func:`encode` makes them.
+    ``add_special_tokens=True`` (the default, what every checkpoint so far stores): every
+    non-padding token, ``[CLS]`` and ``[SEP]`` included. ``False``: the authors' counts
+    (``word_freq.py`` over ids encoded with ``add_special_tokens=False``): only the sentences'
+    own tokens ``x``, so ``[CLS]`` and ``[SEP]`` get count 0. This matters for the spindle's
+    code-form information ``log(count+1) / max log(count+1)``: ``[CLS]`` / ``[SEP]`` occur once
+    per sentence and can be the maximum that every token is divided by.
+    """
+    if not add_special_tokens:
+        ids = _sentence_tokens_only(ids, pad_id)
     flat = ids.reshape(-1)
     counts = torch.bincount(flat[flat != pad_id], minlength=vocab_size)
     if counts.numel() != vocab_size:
         raise ValueError(f"token ids exceed the vocabulary size {vocab_size}")
     return counts.to(torch.int64)
+
+
+def _sentence_tokens_only(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``ids`` with each row's first token (``[CLS]``) and last non-padding token (``[SEP]``, kept
+    at the end of truncated rows too) replaced by ``pad_id``."""
+    if ids.dim() != 2:
+        raise ValueError(f"ids must be [N, L] rows [CLS] x [SEP] [PAD]..., got shape {tuple(ids.shape)}")
+    real = ids != pad_id
+    out = ids.clone()
+    rows = torch.nonzero(real.any(1)).flatten()
+    last = ids.shape[1] - 1 - torch.flip(real, dims=[1]).to(torch.int64).argmax(1)
+    out[rows, 0] = pad_id
+    out[rows, last[rows]] = pad_id
+    return out

@@ -20,7 +20,9 @@
   :func:`bleu4` / :func:`self_bleu` pool all samples in one ``corpus_bleu`` with smoothing
   method 1; :func:`bleu4_mean` / :func:`self_bleu_mean` are the authors' definition: the mean
   over samples of each sample's own ``corpus_bleu``, without smoothing (a sample sharing no
-  4-gram with its references scores 0). Texts are lower-cased word lists from the tokenizer's
+  4-gram with its references scores 0). An empty sample (``[SEP]`` or ``[PAD]`` right after
+  ``[CLS]``) is left out of the pooled scores but counts as 0 in the means, as the authors divide
+  by every line of their sample file. Texts are lower-cased word lists from the tokenizer's
   decoding; references are round-tripped through the same tokenizer so that both sides are
   normalised alike.
 * :func:`paper_metrics`: what the paper's Table 2 reports, as far as the paper and the authors'
@@ -48,7 +50,7 @@ from .settings import DiffusionSettings
 
 __all__ = [
     "sentence_tokens", "whole_only", "elbo_perplexity", "bleu4", "self_bleu", "bleu4_mean", "self_bleu_mean",
-    "normalise_references", "discretised", "paper_metrics", "PAPER_STEPS",
+    "normalise_references", "discretised", "paper_metrics", "PAPER_STEPS", "empty_samples",
 ]
 
 #: Steps of the paper's Table 2: the bound and the sampler as a 128-step diffusion.
@@ -201,7 +203,9 @@ def paper_metrics(
     """Table 2's metrics: the 128-step bound over real tokens, and BLEU / Self-BLEU both ways.
 
     ``samples``: texts generated with :data:`PAPER_STEPS` steps (BLEU is skipped without them);
-    ``references``: the normalised test sentences. Keys are prefixed ``paper_``.
+    ``references``: the normalised test sentences. Keys are prefixed ``paper_``;
+    ``paper_empty_samples`` counts the empty samples: 0 in the means (as in the authors' code),
+    left out of the pooled scores.
     ``elbo_samples`` and ``elbo_options`` (``batch_size``, ``seed``, ``max_sentences``,
     ``progress``, ``backend``) go to :func:`elbo_perplexity` of the 128-step model.
     """
@@ -217,12 +221,25 @@ def paper_metrics(
         out.update({
             "paper_bleu4_mean": bleu4_mean(samples, references), "paper_bleu4_pooled": bleu4(samples, references),
             "paper_self_bleu4_mean": self_bleu_mean(samples), "paper_self_bleu4_pooled": self_bleu(samples),
+            "paper_empty_samples": float(empty_samples(samples)),
         })
     return out
 
 
 def _words(texts: Sequence[str]) -> list[list[str]]:
     return [t.lower().split() for t in texts]
+
+
+def _authors_words(texts: Sequence[str]) -> list[list[str]]:
+    """Word lists as the authors' ``compute_metric.py`` reads a sample file
+    (``line.strip().split(' ')``): an empty sample is ``['']``, one word that matches nothing, so it
+    scores 0 and still counts in the mean."""
+    return [t.lower().split() or [""] for t in texts]
+
+
+def empty_samples(samples: Sequence[str]) -> int:
+    """How many samples are empty (``[SEP]`` or ``[PAD]`` right after ``[CLS]``)."""
+    return sum(not t.split() for t in samples)
 
 
 def normalise_references(tokenizer: Any, sentences: Sequence[str], max_len: int) -> list[str]:
@@ -263,18 +280,22 @@ def _per_sample_corpus_bleu(pairs: list[tuple[list[list[str]], list[str]]]) -> f
 
 def bleu4_mean(samples: Sequence[str], references: Sequence[str]) -> float:
     """The authors' BLEU-4: the mean over samples of ``corpus_bleu`` of one sample against all
-    ``references``, no smoothing."""
-    hyps = [h for h in _words(samples) if h]
+    ``references``, no smoothing. Every sample counts, as in the authors' code: an empty one
+    scores 0 (``["", "the cat sat"]`` against ``["the cat sat"]`` gives 0.5). Without any
+    non-empty sample (or reference) it raises ValueError, as the pooled :func:`bleu4` does."""
+    hyps = _authors_words(samples)
     refs = [r for r in _words(references) if r]
-    if not hyps or not refs:
+    if empty_samples(samples) == len(hyps) or not refs:
         raise ValueError("BLEU needs at least one non-empty sample and one non-empty reference")
     return _per_sample_corpus_bleu([(refs, h) for h in hyps])
 
 
 def self_bleu_mean(samples: Sequence[str]) -> float:
     """The authors' Self-BLEU-4: the mean over samples of ``corpus_bleu`` of one sample against
-    all the other samples, no smoothing."""
-    hyps = [h for h in _words(samples) if h]
-    if len(hyps) < 2:
-        raise ValueError("Self-BLEU needs at least two non-empty samples")
+    all the other samples, no smoothing. Every sample counts, as in the authors' code: an empty
+    one scores 0 (about 1e-231 against another empty one) and is among the others' references.
+    It needs two samples, one of them non-empty (ValueError otherwise)."""
+    hyps = _authors_words(samples)
+    if len(hyps) < 2 or empty_samples(samples) == len(hyps):
+        raise ValueError("Self-BLEU needs at least two samples, one of them non-empty")
     return _per_sample_corpus_bleu([(hyps[:i] + hyps[i + 1 :], h) for i, h in enumerate(hyps)])

@@ -1,8 +1,12 @@
-"""Training DiffusionBERT: AdamW, warm-up, gradient clipping, validation, checkpoints, resume.
+"""Training: AdamW, warm-up, gradient clipping, validation, checkpoints, resume, for any
+registered architecture (:mod:`dbert_model.arch`: DiffusionBERT, its GPT-2 baseline, ...).
 
-Everything is reproducible from :class:`TrainConfig.seed`: the data order (a permutation per
-epoch), the times and masks of each step (keyed on (seed, step)) and dropout (torch's RNG is
-re-seeded at every step), so a resumed run continues exactly as an uninterrupted one would.
+:func:`train` is a short loop over the architecture's hooks (build or load, loss, validate,
+sample, save). Everything is reproducible from :class:`TrainConfig.seed`: the data order (a
+permutation per epoch), the times and masks of each step (keyed on (seed, step)) and dropout
+(torch's RNG is re-seeded at every step), so a resumed run continues exactly as an uninterrupted
+one would; the running sums of the loss since the last log line are saved with each checkpoint,
+so a resumed run also logs the same history.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,109 +24,21 @@ import torch
 
 from dbert_kernels import token_information
 
-from .ar import ARCHS, ar_loss, ar_perplexity, build_gpt2, is_ar_checkpoint, load_ar, sample_ar
-from .build import build_masked_lm
+from .arch import Architecture, architecture_of, get_architecture
 from .checkpoint import (
     OPTIMIZER_FILE,
     check_vocabulary,
     clean_stale_copies,
     is_checkpoint,
-    load_checkpoint,
     read_trainer_state,
-    save_checkpoint,
+    resolve_checkpoint,
 )
 from .data import EncodedSplit, encode_cached, load_corpus, token_counts
-from .evaluate import elbo_perplexity
-from .generation import decode, sample_ids
-from .network import DiffusionBert
-from .settings import DiffusionSettings
-from .tokenizer import VocabularyMismatchError, load_tokenizer, minilm_path, special_ids, vocab_fingerprint
+from .generation import decode
+from .settings import DiffusionSettings, TrainConfig
+from .tokenizer import load_tokenizer
 
 __all__ = ["TrainConfig", "TrainResult", "train", "resolve_device", "check_output_dir", "check_backend", "train_engine", "OutputDirError"]
-
-
-@dataclass
-class TrainConfig:
-    """All switches of a training run (JSON-serialisable; saved in ``trainer_state.json``).
-
-    Architecture: ``arch`` is ``"diffusion"`` (DiffusionBERT) or ``"gpt2"`` (the autoregressive
-    baseline of :mod:`dbert_model.ar`: a GPT-2 shaped like the BERT that ``init`` names, random
-    weights, same tokenizer, data, order and schedule; the diffusion fields are then unused).
-    Model: ``init`` is ``"minilm"`` (pretrained MiniLM, head built), ``"scratch"`` (the MiniLM
-    architecture with random weights), ``"tiny"`` (2 x 64, for tests and demos), ``"bert-base"``
-    (random bert-base size) or a local pretrained directory. ``tokenizer``: a directory or
-    vocab.txt (default: the init directory's, else MiniLM's bert-base-uncased vocabulary).
-    ``diffusion``: the :class:`~dbert_model.settings.DiffusionSettings` of the model (time design,
-    schedule, loss, max_len...); its vocabulary fields are filled from the tokenizer.
-    Data: ``data`` is ``"builtin"`` or a path (see :func:`dbert_model.data.load_corpus`);
-    ``max_train_sentences`` caps the training split (None: all).
-    ``batch_size`` is the global batch of one optimiser step, whatever the number of processes;
-    ``grad_accum`` splits it into that many micro-batches (forward/backward one after the other).
-    ``bf16``: bfloat16 mixed precision of the engine (weights and optimizer stay float32).
-    Stopping: ``max_steps`` sets the length (and the learning-rate schedule); ``stop_after`` (a
-    step) or ``max_minutes`` end this call early with a checkpoint that a later call resumes.
-    Output: ``out`` is a run directory (see :mod:`dbert_model.checkpoint`); an existing ``out`` that
-    is not a dbert checkpoint is refused unless ``overwrite`` (then the checkpoints are written
-    next to its files, which are kept); ``resume=False`` with an existing checkpoint is refused
-    unless ``overwrite`` (then training starts over and its first save replaces the old one).
-    """
-
-    out: str = "runs/dbert"
-    arch: str = "diffusion"
-    data: str = "builtin"
-    init: str = "minilm"
-    tokenizer: str | None = None
-    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
-    batch_size: int = 32
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    max_steps: int = 2000
-    max_minutes: float | None = None
-    stop_after: int | None = None
-    grad_clip: float = 1.0
-    eval_every: int = 200
-    eval_sentences: int = 256
-    save_every: int = 500
-    log_every: int = 10
-    sample_every: int = 0
-    grad_accum: int = 1
-    max_train_sentences: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    backend: str = "auto"
-    resume: bool = True
-    overwrite: bool = False
-    progress: bool = True
-
-    def settings(self, tokenizer: Any) -> DiffusionSettings:
-        """The run's :class:`DiffusionSettings` with the vocabulary fields filled from ``tokenizer``."""
-        return replace(
-            self.diffusion, vocab_size=len(tokenizer.get_vocab()), vocab_sha256=vocab_fingerprint(tokenizer),
-            special_ids=special_ids(tokenizer),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (the diffusion settings nested under ``"diffusion"``)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> TrainConfig:
-        """Inverse of :meth:`to_json`; also reads the flat form of older checkpoints (the diffusion
-        fields at the top level). Unknown keys are ignored."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a training configuration must be a JSON object, got {type(data).__name__}")
-        own = {f.name for f in fields(cls)} - {"diffusion"}
-        diffusion_fields = {f.name for f in fields(DiffusionSettings)}
-        nested = data.get("diffusion", {})
-        if not isinstance(nested, dict):
-            raise ValueError(f"'diffusion' must be a JSON object, got {type(nested).__name__}")
-        flat = {k: v for k, v in data.items() if k in diffusion_fields}
-        return cls(
-            **{k: v for k, v in data.items() if k in own},
-            diffusion=DiffusionSettings(**{**flat, **{k: v for k, v in nested.items() if k in diffusion_fields}}),
-        )
 
 
 @dataclass
@@ -170,20 +86,6 @@ def check_backend(backend: str, device: torch.device) -> None:
             f"--backend {backend} does not run on {device.type} here (available: auto, {', '.join(here)}); "
             "use --backend auto"
         )
-
-
-def _init_source(cfg: TrainConfig, vocab_size: int) -> Any:
-    from transformers import AutoConfig
-
-    from .build import tiny_config
-
-    if cfg.init == "scratch":
-        return AutoConfig.from_pretrained(str(minilm_path()), local_files_only=True)
-    if cfg.init == "tiny":
-        return tiny_config(vocab_size, hidden=64, layers=2, heads=2, max_len=cfg.diffusion.max_len + 1)
-    if cfg.init not in ("minilm", "bert-base") and is_checkpoint(cfg.init):
-        raise ValueError(f"{cfg.init} is a dbert checkpoint: continue it with --out {cfg.init} (resume)")
-    return cfg.init
 
 
 def _default_tokenizer_path(cfg: TrainConfig) -> Path | None:
@@ -261,36 +163,20 @@ class OutputDirError(ValueError):
     """The run directory ``--out`` cannot be used (exists with other files, is a file, not writable)."""
 
 
-def _check_config(cfg: TrainConfig) -> None:
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {cfg.arch!r}")
-    for name in ("batch_size", "max_steps", "eval_every", "save_every", "log_every", "eval_sentences", "grad_accum"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
-    if cfg.warmup_steps < 0 or cfg.grad_clip <= 0:
-        raise ValueError("warmup_steps must be >= 0 and grad_clip > 0")
-
-
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train (or resume) a DiffusionBERT, or its GPT-2 baseline (``cfg.arch``), as configured;
-    returns the checkpoint path and history.
+    """Train (or resume) the architecture ``cfg.arch`` as configured; returns the checkpoint path and history.
 
     A checkpoint is written to the run directory ``cfg.out`` every ``save_every`` steps and at the
     end; when it holds one and ``cfg.resume`` is true, training continues from it (same settings
     required). Under a multi-process launch (``accelerate launch`` / ``torchrun``) every process
     calls this function: see :func:`train_engine` for what each one does.
     """
-    _check_config(cfg)
+    arch = get_architecture(cfg.arch)
     accelerator, device = train_engine(cfg)
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    world, main = accelerator.num_processes, accelerator.is_main_process
     if cfg.batch_size % (world * cfg.grad_accum):
-        raise ValueError(
-            f"batch_size {cfg.batch_size} (the global batch) must be divisible by processes x grad_accum = "
-            f"{world} x {cfg.grad_accum}"
-        )
+        raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by processes x grad_accum = "
+                         f"{world} x {cfg.grad_accum}")
     log = (log or print) if main else _quiet
     check_backend(cfg.backend, device)
     out = Path(cfg.out)
@@ -298,161 +184,168 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     if main:
         clean_stale_copies(out)
     accelerator.wait_for_everyone()
-
+    run = _Run.resume(cfg, arch, out, device, log) if resuming else _Run.start(cfg, arch, out, device)
+    run.main, run.log = main, log
+    train_split = run.load_data(accelerator, device, world)
+    optimizer = arch.optimizer(run.model, cfg)
     if resuming:
-        state = read_trainer_state(out)
-        assert state is not None
-        if is_ar_checkpoint(out) != (cfg.arch == "gpt2"):
-            raise ValueError(f"cannot resume {out} with arch {cfg.arch!r}: it holds another architecture; use another --out")
-        loaded = load_ar(out, device=device) if cfg.arch == "gpt2" else load_checkpoint(out, device=device)
-        tokenizer, model, settings = loaded.tokenizer, loaded.model, loaded.settings
-        if cfg.tokenizer:
-            check_vocabulary(settings, load_tokenizer(cfg.tokenizer), where=f"checkpoint {out}")
-        wanted = cfg.settings(tokenizer)
-        if wanted.to_json() != settings.to_json():
-            diff = {k: (v, wanted.to_json()[k]) for k, v in settings.to_json().items() if wanted.to_json()[k] != v}
-            raise ValueError(
-                f"cannot resume {out}: its settings differ from the ones asked for (saved, asked) {diff}; "
-                "use another --out or the same settings"
-            )
-        start_step = int(state["step"])
-        history, validation = state["history"], state["validation"]
-        log(f"resuming {loaded.path} at step {start_step}")
-    else:
-        tokenizer = load_tokenizer(_default_tokenizer_path(cfg))
-        settings = cfg.settings(tokenizer)
-        torch.manual_seed(cfg.seed)  # random initialisation (scratch, new head, time layers): same on every process
-        if cfg.arch == "gpt2":
-            model = build_gpt2(_init_source(cfg, settings.vocab_size), settings).to(device)
-        else:
-            mlm = build_masked_lm(_init_source(cfg, settings.vocab_size))
-            if int(mlm.config.vocab_size) != settings.vocab_size:
-                raise VocabularyMismatchError(
-                    f"the init model {cfg.init!r} has {mlm.config.vocab_size} vocabulary rows but the tokenizer has "
-                    f"{settings.vocab_size} tokens: pass the tokenizer the model was trained with (--tokenizer)"
-                )
-            extra = 1 if settings.time_design == "pte" else 0
-            if settings.max_len + extra > int(getattr(mlm.config, "max_position_embeddings", 10**9)):
-                raise ValueError(
-                    f"max_len {settings.max_len} (+{extra} time token) exceeds the model's "
-                    f"{mlm.config.max_position_embeddings} positions"
-                )
-            model = DiffusionBert(mlm, settings.time_design, settings.T, time_init=settings.time_init).to(device)
-        start_step, history, validation = 0, [], []
-
-    with accelerator.main_process_first():  # the main process builds (and caches) the corpus first
-        corpus = load_corpus(cfg.data, verbose=main)
-        train_sentences = corpus.train[: cfg.max_train_sentences] if cfg.max_train_sentences else corpus.train
-        if len(train_sentences) < cfg.batch_size:
-            raise ValueError(
-                f"the training split has {len(train_sentences)} sentences, fewer than batch_size {cfg.batch_size}"
-            )
-        train_split = encode_cached(tokenizer, train_sentences, settings.max_len)
-        valid_split: EncodedSplit = encode_cached(tokenizer, corpus.valid or corpus.test, settings.max_len)
-    counts = loaded.token_counts if resuming else token_counts(train_split.ids, settings.vocab_size, settings.special_ids["pad"])
-    info = token_information(counts, settings.spindle_form).to(device)
-    log(
-        f"data {corpus.source}: {len(train_split)} train / {len(valid_split)} valid sentences, "
-        f"max_len {settings.max_len}; model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
-        f"({cfg.init}, " + ("GPT-2" if cfg.arch == "gpt2" else f"{settings.time_design}, {settings.schedule} schedule, "
-                             f"{settings.loss} loss") + f") on {device}"
-        + (f" x {world} processes" if world > 1 else "")
-        + (f", global batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {cfg.batch_size // (world * cfg.grad_accum)}"
-           if world * cfg.grad_accum > 1 else "")
-    )
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    if resuming:
-        _load_optimizer(optimizer, loaded.path / OPTIMIZER_FILE)
-    raw_model = model
-    model, optimizer = accelerator.prepare(model, optimizer)
-    last_saved = start_step if resuming else -1
-
-    def save(step: int) -> None:
-        nonlocal last_saved
-        if step == last_saved:
-            return
-        if main:
-            state = {"step": step, "config": cfg.to_json(), "history": history, "validation": validation}
-            save_checkpoint(out, raw_model, settings, tokenizer, counts, step=step, trainer_state=state,
-                            optimizer_state=optimizer.state_dict())
-        last_saved = step
-
-    def validate(step: int) -> None:
-        if not main:
-            return
-        if cfg.arch == "gpt2":
-            res = ar_perplexity(raw_model, valid_split, settings.special_ids["pad"], batch_size=cfg.batch_size,
-                                max_sentences=cfg.eval_sentences)
-            validation.append({"step": step, **res})
-            log(f"  valid @ {step}: NLL {res['nll_per_sentence']:.2f} nats/sentence, {res['nats_per_word']:.3f} "
-                f"nats/word, PPL {res['perplexity']:.1f} (exact)")
-            return
-        res = elbo_perplexity(
-            raw_model, settings, info, valid_split, batch_size=cfg.batch_size, seed=cfg.seed + 1,
-            max_sentences=cfg.eval_sentences, backend=cfg.backend,
-        )
-        validation.append({"step": step, **res})
-        log(f"  valid @ {step}: NELBO {res['nelbo_per_sentence']:.2f} nats/sentence, "
-            f"{res['nats_per_word']:.3f} nats/word, PPL <= {res['perplexity']:.1f}")
+        _load_optimizer(optimizer, resolve_checkpoint(out) / OPTIMIZER_FILE)
+    model, run.optimizer = accelerator.prepare(run.model, optimizer)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", unit="step", disable=not (cfg.progress and main))
-    started = time.monotonic()
-    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
-    step = start_step
+    step = run.step
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step", disable=not (cfg.progress and main))
+    started, elapsed_before = time.monotonic(), (run.history[-1]["elapsed_s"] if run.history else 0.0)
     model.train()
-    window: list[tuple[float, float]] = []
     try:
         while step < min(cfg.max_steps, cfg.stop_after or cfg.max_steps):
             if cfg.max_minutes is not None and _all_agree(accelerator, time.monotonic() - started > 60 * cfg.max_minutes):
                 log(f"time budget of {cfg.max_minutes} min reached at step {step}")
                 break
-            torch.manual_seed(cfg.seed * 7919 + step * world + rank)  # dropout: reproducible and resumable
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, cfg)
-            ids = train_split.ids[_batch_indices(step, len(train_split), cfg.batch_size, cfg.seed)].to(device)
-            result = _step(accelerator, model, optimizer, ids, settings, info, cfg, step)
-            window.append(result)
+            loss, ce = _step(accelerator, run, model, train_split, step)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{result[0]:.4f}", ce=f"{result[1]:.3f}")
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                entry = {
-                    "step": step, "loss": sum(w[0] for w in window) / len(window),
-                    "ce_masked": sum(w[1] for w in window) / len(window), "lr": optimizer.param_groups[0]["lr"],
-                    "elapsed_s": elapsed_before + time.monotonic() - started,
-                }
-                history.append(entry)
-                window = []
-                if main:
-                    bar.write(f"step {step:5d}  loss {entry['loss']:.4f}  CE(masked) {entry['ce_masked']:.3f}  "
-                              f"lr {entry['lr']:.2e}  {entry['elapsed_s']:.0f}s")
-            if step % cfg.eval_every == 0:
-                validate(step)
-            if main and cfg.sample_every and step % cfg.sample_every == 0:
-                sampled = (sample_ar(raw_model, settings, tokenizer, n=2, top_k=30, seed=cfg.seed) if cfg.arch == "gpt2"
-                           else sample_ids(raw_model, settings, tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed,
-                                           progress=False))
-                for text in decode(tokenizer, sampled, settings):
-                    bar.write(f"  sample: {text}")
-            if step % cfg.save_every == 0:
-                save(step)
+            bar.set_postfix(loss=f"{loss:.4f}", ce=f"{ce:.3f}")
+            run.after_step(step, loss, ce, elapsed_before + time.monotonic() - started, bar.write)
     finally:
         bar.close()
     seconds = time.monotonic() - started  # the training loop (with its periodic validations and saves)
-    if not validation or validation[-1]["step"] != step:
-        validate(step)
-    save(step)
+    if not run.validation or run.validation[-1]["step"] != step:
+        run.validate(step)
+    run.save(step)
     accelerator.wait_for_everyone()
-    trained = step - start_step
+    trained = step - run.step
     log(f"saved {out} (step {step}; {trained} steps in {seconds:.1f} s, {trained / max(seconds, 1e-9):.2f} steps/s)")
-    return TrainResult(path=out, steps=step, history=history, validation=validation, main_process=main)
+    return TrainResult(path=out, steps=step, history=run.history, validation=run.validation, main_process=main)
+
+
+@dataclass
+class _Run:
+    """The state of one training run and its hooks around each step: log, validate, sample, save.
+
+    ``running``: the steps, loss sum and CE sum since the last history entry (saved with every
+    checkpoint as ``trainer_state.json``'s ``running``, so a resume logs what an uninterrupted run logs).
+    """
+
+    cfg: TrainConfig
+    arch: Architecture
+    out: Path
+    model: Any
+    settings: DiffusionSettings
+    tokenizer: Any
+    counts: torch.Tensor | None
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    running: list[float] = field(default_factory=lambda: [0, 0.0, 0.0])
+    last_saved: int = -1
+    main: bool = True
+    log: Callable[[str], None] = print
+    info: torch.Tensor | None = None
+    valid_split: EncodedSplit | None = None
+    optimizer: Any = None
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, arch: Architecture, out: Path, device: torch.device) -> _Run:
+        tokenizer = load_tokenizer(_default_tokenizer_path(cfg))
+        settings = cfg.settings(tokenizer)
+        torch.manual_seed(cfg.seed)  # random initialisation (scratch, new head, time layers): same on every process
+        return cls(cfg, arch, out, arch.build(cfg, settings).to(device), settings, tokenizer, None)
+
+    @classmethod
+    def resume(cls, cfg: TrainConfig, arch: Architecture, out: Path, device: torch.device, log: Callable[[str], None]) -> _Run:
+        state = read_trainer_state(out)
+        assert state is not None
+        if architecture_of(out).name != cfg.arch:
+            raise ValueError(f"cannot resume {out} with arch {cfg.arch!r}: it holds another architecture; use another --out")
+        loaded = arch.load(resolve_checkpoint(out), device=device)
+        if cfg.tokenizer:
+            check_vocabulary(loaded.settings, load_tokenizer(cfg.tokenizer), where=f"checkpoint {out}")
+        saved, wanted = loaded.settings.to_json(), cfg.settings(loaded.tokenizer).to_json()
+        if wanted != saved:
+            diff = {k: (v, wanted[k]) for k, v in saved.items() if wanted[k] != v}
+            raise ValueError(f"cannot resume {out}: its settings differ from the ones asked for (saved, asked) {diff}; "
+                             "use another --out or the same settings")
+        log(f"resuming {loaded.path} at step {state['step']}")
+        return cls(cfg, arch, out, loaded.model, loaded.settings, loaded.tokenizer, loaded.token_counts,
+                   step=int(state["step"]), history=state["history"], validation=state["validation"],
+                   running=_running(state, loaded.path), last_saved=int(state["step"]))
+
+    def load_data(self, accelerator: Any, device: torch.device, world: int) -> EncodedSplit:
+        """Encode the corpus (the main process first: it builds the cache), count the training
+        tokens (a new run), and log what is trained; returns the training split."""
+        cfg, settings = self.cfg, self.settings
+        with accelerator.main_process_first():
+            corpus = load_corpus(cfg.data, verbose=self.main)
+            sentences = corpus.train[: cfg.max_train_sentences] if cfg.max_train_sentences else corpus.train
+            if len(sentences) < cfg.batch_size:
+                raise ValueError(f"the training split has {len(sentences)} sentences, fewer than batch_size {cfg.batch_size}")
+            split = encode_cached(self.tokenizer, sentences, settings.max_len)
+            self.valid_split = encode_cached(self.tokenizer, corpus.valid or corpus.test, settings.max_len)
+        if self.counts is None:
+            self.counts = token_counts(split.ids, settings.vocab_size, settings.special_ids["pad"],
+                                       add_special_tokens=cfg.count_special_tokens)
+        self.info = token_information(self.counts, settings.spindle_form).to(device)
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        per = cfg.batch_size // (world * cfg.grad_accum)
+        self.log(f"data {corpus.source}: {len(split)} train / {len(self.valid_split)} valid sentences, max_len "
+                 f"{settings.max_len}; model {params:.1f}M parameters ({cfg.init}, {self.arch.describe(settings)}) on "
+                 f"{device}" + (f" x {world} processes" if world > 1 else "")
+                 + (f", global batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {per}" if world * cfg.grad_accum > 1 else ""))
+        return split
+
+    def after_step(self, step: int, loss: float, ce: float, elapsed: float, write: Callable[[str], None]) -> None:
+        """Log every ``log_every`` steps (the mean since the last log line), validate, sample, save."""
+        cfg = self.cfg
+        self.running = [self.running[0] + 1, self.running[1] + loss, self.running[2] + ce]
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            n, loss_sum, ce_sum = self.running
+            entry = {"step": step, "loss": loss_sum / n, "ce_masked": ce_sum / n,
+                     "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": elapsed}
+            self.history.append(entry)
+            self.running = [0, 0.0, 0.0]
+            if self.main:
+                write(f"step {step:5d}  loss {entry['loss']:.4f}  CE(masked) {entry['ce_masked']:.3f}  "
+                      f"lr {entry['lr']:.2e}  {entry['elapsed_s']:.0f}s")
+        if step % cfg.eval_every == 0:
+            self.validate(step)
+        if self.main and cfg.sample_every and step % cfg.sample_every == 0:
+            ids, _ = self.arch.sample(self.model, self.settings, self.tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed)
+            for text in decode(self.tokenizer, ids, self.settings):
+                write(f"  sample: {text}")
+        if step % cfg.save_every == 0:
+            self.save(step)
+
+    def validate(self, step: int) -> None:
+        if self.main:
+            res, line = self.arch.validate(self.model, self.settings, self.info, self.valid_split, self.cfg)
+            self.validation.append({"step": step, **res})
+            self.log(f"  valid @ {step}: {line}")
+
+    def save(self, step: int) -> None:
+        if step == self.last_saved:
+            return
+        if self.main:
+            n, loss_sum, ce_sum = self.running
+            state = {"step": step, "config": self.cfg.to_json(), "history": self.history, "validation": self.validation,
+                     "running": {"steps": n, "loss_sum": loss_sum, "ce_sum": ce_sum}}
+            self.arch.save(self.out, self.model, self.settings, self.tokenizer, self.counts, step=step,
+                           trainer_state=state, optimizer_state=self.optimizer.state_dict())
+        self.last_saved = step
+
+
+def _running(state: dict[str, Any], path: Path) -> list[float]:
+    """The running loss sums of a trainer state (none in checkpoints written before they were saved)."""
+    running = state.get("running", {"steps": 0, "loss_sum": 0.0, "ce_sum": 0.0})
+    try:
+        n, loss_sum, ce_sum = running["steps"], float(running["loss_sum"]), float(running["ce_sum"])
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise TypeError
+    except (TypeError, KeyError, ValueError):
+        raise ValueError(f"{path}/trainer_state.json is malformed ('running' is not the steps and loss sums since the "
+                         "last log line): resume from an intact checkpoint or start over") from None
+    return [n, loss_sum, ce_sum]
 
 
 def train_engine(cfg: TrainConfig) -> tuple[Any, torch.device]:
@@ -515,46 +408,36 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         ) from exc
 
 
-def _step(
-    accelerator: Any, model: Any, optimizer: Any, ids: torch.Tensor, settings: DiffusionSettings,
-    info: torch.Tensor, cfg: TrainConfig, step: int,
-) -> tuple[float, float]:
-    """One optimiser step on the global batch ``ids`` ``[batch_size, L]``; returns the global batch's
-    (loss, mean CE over masked positions). For ``arch="gpt2"`` the loss is the next-token CE of
-    :func:`dbert_model.ar.ar_loss` and the CE is over the predicted tokens (the same number).
+def _step(accelerator: Any, run: _Run, model: Any, train_split: EncodedSplit, step: int) -> tuple[float, float]:
+    """One optimiser step on the global batch of ``step``; returns the global batch's (loss, mean CE
+    over its scored positions: the masked ones, or every predicted token of an autoregressive model).
 
     The batch is cut into ``grad_accum`` micro-batches, and each of those into one shard per
     process; a process runs forward and backward on its shards only. Times and masks are drawn
     for the whole global batch (keyed on (seed, step)) and each shard's loss keeps the global
     normaliser, so the summed shard losses are the global batch's loss whatever the number of
-    processes (the GPT-2 loss likewise: the global batch's predicted tokens are its normaliser); the
-    loss is scaled by the number of processes because DDP averages gradients.
+    processes; the loss is scaled by the number of processes because DDP averages gradients.
     """
     from contextlib import nullcontext
 
-    from .losses import diffusion_loss
-
+    cfg, optimizer = run.cfg, run.optimizer
     world, rank = accelerator.num_processes, accelerator.process_index
+    torch.manual_seed(cfg.seed * 7919 + step * world + rank)  # dropout: reproducible and resumable
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * _lr_factor(step, cfg)
+    ids = train_split.ids[_batch_indices(step, len(train_split), cfg.batch_size, cfg.seed)].to(accelerator.device)
     micro = cfg.batch_size // cfg.grad_accum
     per_process = micro // world
-    totals = torch.zeros(3, dtype=torch.float64)  # loss, CE sum over masked positions, masked positions
+    totals = torch.zeros(3, dtype=torch.float64)  # loss, CE sum over scored positions, scored positions
     optimizer.zero_grad(set_to_none=True)
     for a in range(cfg.grad_accum):
         start = a * micro + rank * per_process
-        shard = slice(start, start + per_process)
         sync = nullcontext() if a == cfg.grad_accum - 1 else accelerator.no_sync(model)
         with sync:
-            if cfg.arch == "gpt2":  # next-token CE: every predicted token counts as a "masked" position
-                ar = ar_loss(model, ids, settings.special_ids["pad"], shard=shard)
-                loss, ce_sum, counted = ar.loss, float(ar.nll.sum()), float(ar.tokens.sum())
-            else:
-                out = diffusion_loss(
-                    model, ids, settings=settings, token_info=info, seed=cfg.seed, offset=step, backend=cfg.backend,
-                    shard=shard,
-                )
-                loss, ce_sum, counted = out.loss, float(out.ce) * out.n_masked, float(out.n_masked)
-            accelerator.backward(loss * world)
-        totals += torch.tensor([float(loss.detach()), ce_sum, counted], dtype=torch.float64)
+            out = run.arch.loss(model, ids, settings=run.settings, info=run.info, cfg=cfg, step=step,
+                                shard=slice(start, start + per_process))
+            accelerator.backward(out.loss * world)
+        totals += torch.tensor([float(out.loss.detach()), out.ce_sum, out.counted], dtype=torch.float64)
     if world > 1:
         totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
     loss, ce_sum, n_masked = totals.tolist()
