@@ -250,3 +250,17 @@ def test_histogram_cuts_hold_the_kept_set_in_the_fewest_bins(device):
         upper = ((bins + 1) << sampling.W_SHIFT.value).view(torch.float32).double()
         slack = float(z[r]) * sampling.TOPP_SLACK.value * 1.01
         assert bool((wkey[kept] < higher).any()) or float(z[r] - upper.sum()) <= top_p * float(z[r]) + slack, r
+
+
+def test_persistent_grid_keeps_the_rows_in_flight_within_half_the_l2(monkeypatch):
+    """On a GPU the grid is at most two programs per SM (the register file's limit), at least one
+    per SM, fewer where the rows in flight (one per program) would exceed half of the L2 cache,
+    and never more than the tiles."""
+    monkeypatch.setattr(sampling, "INTERPRETED", False)
+    monkeypatch.setattr(sampling, "_device_caps", lambda index: (132, 50 * 2**20))  # an H100 SXM
+    cuda = torch.device("cuda", 0)
+    assert sampling.programs(4096, 30522 * 2, cuda) == 264  # bf16: 16 MB in flight
+    assert sampling.programs(4096, 30522 * 4, cuda) == 214  # fp32: 25 MB / 122 KB
+    assert sampling.programs(4096, 50257 * 4, cuda) == 132  # one per SM at least
+    assert sampling.programs(7, 30522 * 2, cuda) == 7
+    assert sampling.programs(4096, 30522 * 2, torch.device("cpu")) == 2  # the interpreter's grid

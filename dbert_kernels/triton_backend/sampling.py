@@ -89,8 +89,9 @@ TOPP_SLACK = tl.constexpr(2.0**-10)
 GPU_BLOCK_V = 512
 GPU_WARPS = 8
 GPU_MAX_REGISTERS = 128
-#: Programs per SM at most; fewer when the rows in flight would not fit in half of the L2 cache.
-PROGRAMS_PER_SM = 4
+#: Programs per SM at most (as many as its 64K registers hold at 8 warps x 128 registers); fewer
+#: when the rows in flight would not fit in half of the L2 cache.
+PROGRAMS_PER_SM = 2
 #: Programs under the interpreter (more than one tile per program: the persistent loop runs).
 INTERPRETED_PROGRAMS = 2
 #: Integer arguments that Triton must not specialise on (equal to 1, divisible by 16): they
