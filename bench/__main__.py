@@ -7,6 +7,7 @@ Examples::
     python -m bench --device cuda            # the GPU run (bench/gpu.sh), < 8 min on an H100
     python -m bench --only quality --checkpoint ckpt/  # the paper's Table 3 with a trained model
     python -m bench --only tradeoff --checkpoint ckpt/ --baseline gpt2/ --judge judge/  # speed vs quality
+    python -m bench --only oracle            # sampler error on an exact denoiser (bench/oracle.py)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from . import e2e, kernels, quality, report, tradeoff
 from .configs import BenchConfig, config_for
 
-SECTIONS = ("kernels", "e2e", "quality", "tradeoff")
+SECTIONS = ("kernels", "e2e", "quality", "tradeoff", "oracle")
 DEFAULT_SECTIONS = ("kernels", "e2e", "quality")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -37,7 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
-                   help="comma-separated sections to run (kernels, e2e, quality, tradeoff); default all but tradeoff")
+                   help="comma-separated sections to run (kernels, e2e, quality, tradeoff, oracle); default all but tradeoff "
+                        "and oracle")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to time (default: every available one on the device)")
     p.add_argument("--checkpoint", default=None, help="trained model for the quality section (dbert_model)")
@@ -236,10 +238,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    out_dir = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
+    if "oracle" in sections:  # its own files (oracle_cpu.json / .md), on the CPU in float64
+        from . import oracle
+
+        res_oracle = oracle.main(argv, out_dir, args.quick, progress=not args.no_progress)
+        sections.remove("oracle")
+        if not sections:
+            return res_oracle
     device = torch.device(args.device)
     cfg = config_for(args.device, quick=args.quick)
     backends = _backends(args.backends, device)
-    out_dir = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
     budget = Budget(args.budget_s)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -18,6 +18,7 @@ from ._validation import BERT_UNCASED_SPECIAL_IDS
 from .backends import available_backends
 from .cache import BlockCache, bert_layers, cached_encoder_pass, rows_in_span
 from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
+from .markov import MarkovChain, OracleDenoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
 from .params import SamplingParams
 from .sampler import GenerateStats, build_template, generate, make_strategy
@@ -36,6 +37,8 @@ __all__ = [
     "Strategy",
     "Denoiser",
     "HFMaskedLMDenoiser",
+    "MarkovChain",
+    "OracleDenoiser",
     "SamplingParams",
     "Schedule",
     "as_denoiser",
