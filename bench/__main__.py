@@ -8,6 +8,7 @@ Examples::
     python -m bench --only quality --checkpoint ckpt/  # the paper's Table 3 with a trained model
     python -m bench --only tradeoff --checkpoint ckpt/ --baseline gpt2/ --judge judge/  # speed vs quality
     python -m bench --only oracle            # sampler error on an exact denoiser (bench/oracle.py)
+    python -m bench --only oracle-trained    # DiffusionBERT vs GPT-2 trained on a Markov language, exact judge
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from . import e2e, kernels, quality, report, tradeoff
 from .configs import BenchConfig, config_for
 
-SECTIONS = ("kernels", "e2e", "quality", "tradeoff", "oracle")
+SECTIONS = ("kernels", "e2e", "quality", "tradeoff", "oracle", "oracle-trained")
 DEFAULT_SECTIONS = ("kernels", "e2e", "quality")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -38,12 +39,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
-                   help="comma-separated sections to run (kernels, e2e, quality, tradeoff, oracle); default all but tradeoff "
-                        "and oracle")
+                   help="comma-separated sections to run (kernels, e2e, quality, tradeoff, oracle, oracle-trained); default "
+                        "all but tradeoff, oracle and oracle-trained")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to time (default: every available one on the device)")
-    p.add_argument("--checkpoint", default=None, help="trained model for the quality section (dbert_model)")
-    p.add_argument("--baseline", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) for the tradeoff section")
+    p.add_argument("--checkpoint", default=None, help="trained model for the quality section (dbert_model); DiffusionBERT for oracle-trained")
+    p.add_argument("--baseline", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) for the tradeoff and oracle-trained sections")
     p.add_argument("--judge", default=None, help="GPT-2 checkpoint that judges the samples in the tradeoff section")
     p.add_argument("--out", type=Path, default=None,
                    help="results directory (default bench/results, bench/results/quick with --quick)")
@@ -246,6 +247,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sections.remove("oracle")
         if not sections:
             return res_oracle
+    if "oracle-trained" in sections:  # its own files (oracle_trained_cpu.json / .md); trains both models unless given
+        from . import oracle_trained
+
+        res_ot = oracle_trained.main(argv, out_dir, args.quick, checkpoint=args.checkpoint, baseline=args.baseline,
+                                     notes=args.note, progress=not args.no_progress)
+        sections.remove("oracle-trained")
+        if not sections:
+            return res_ot
     device = torch.device(args.device)
     cfg = config_for(args.device, quick=args.quick)
     backends = _backends(args.backends, device)
