@@ -197,9 +197,9 @@ def sample_absorbing(
     # A backend that checks each row while it reads it (CHECKS_LOGITS: bad rows come back as
     # token -1) needs no extra pass over the logits here.
     checks_rows = getattr(impl, "CHECKS_LOGITS", False)
-    is_masked = None if ids is None else ids == mask_id
-    if validate and not checks_rows:
-        check_readable_rows(logits, is_masked, banned)
+    if validate and not checks_rows:  # the rows the absorbing decision reveals: the ones read
+        is_masked = torch.ones(n_rows, dtype=torch.bool, device=device) if ids is None else ids == mask_id
+        check_readable_rows(logits, reference.reveal_rows(is_masked, prob, row_index, seed, offset), banned)
     params = SamplingParams.create(
         temperature=temperature, top_k=top_k, top_p=top_p, banned=banned,
         with_entropy=return_entropy, with_margin=return_margin,

@@ -29,6 +29,8 @@ from .cache import BlockCache
 from .denoisers import Denoiser, as_denoiser
 from .schedules import Schedule
 from .strategies import (
+    CONFIDENCE_MEASURES,
+    REVEAL_RULES,
     STRATEGIES,
     EntropyBoundStep,
     PosteriorStep,
@@ -59,7 +61,7 @@ def build_template(
     """
     ids = torch.full((batch_size, seq_len), mask_id, dtype=torch.int64, device=device)
     if fixed is not None:
-        fixed = torch.as_tensor(fixed, dtype=torch.int64, device=ids.device)
+        fixed = torch.as_tensor(_integer_ids(fixed, "fixed"), dtype=torch.int64, device=ids.device)
         if fixed.dim() == 1:
             fixed = fixed.expand(batch_size, -1)
         if fixed.shape != (batch_size, seq_len):
@@ -68,7 +70,7 @@ def build_template(
             raise ValueError(f"fixed holds {int(fixed.min())}: use -1 for free positions and token ids elsewhere")
         ids = torch.where(fixed >= 0, fixed, ids)
     if prefix is not None:
-        prefix_t = torch.as_tensor(prefix, dtype=torch.int64, device=ids.device)
+        prefix_t = torch.as_tensor(_integer_ids(prefix, "prefix"), dtype=torch.int64, device=ids.device)
         if prefix_t.dim() == 1:
             prefix_t = prefix_t.expand(batch_size, -1)
         if prefix_t.dim() != 2 or prefix_t.shape[0] != batch_size or prefix_t.shape[1] > seq_len:
@@ -77,6 +79,24 @@ def build_template(
             )
         ids[:, : prefix_t.shape[1]] = prefix_t
     return ids
+
+
+def _integer_ids(ids: Any, name: str) -> Any:
+    """``ids`` (a tensor or a sequence), refused when it holds anything but integer ids: a float
+    would be truncated and a bool tensor taken for the ids 0 and 1."""
+    t = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(ids)
+    if t.numel() and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {t.dtype}")
+    return ids
+
+
+def _check_id(value: Any, name: str, vocab: int | None) -> int:
+    """A single token id: an int (not a bool) >= 0, and below ``vocab`` when it is known."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int token id, got {value!r}")
+    if value < 0 or (vocab is not None and value >= vocab):
+        raise ValueError(f"{name}={value} is outside the vocabulary [0, {vocab or 'V'})")
+    return value
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -305,6 +325,13 @@ def generate(
             ``[B, L]`` bool, the positions this step revealed or filled).
         return_stats: also return a :class:`GenerateStats`.
 
+    Options are checked before any call: ids must be integers (a float or bool ``prefix`` /
+    ``fixed`` is a TypeError), ``mask_id``, ``pad_id`` and ``stop_ids`` must lie in the
+    vocabulary, and an option that the rest of the call would ignore is refused rather than
+    dropped (``confidence`` other than ``"prob"`` with the posterior or the entropy bound,
+    ``reveal`` other than ``"exact"`` without ``token_info``, ``refresh_every`` without
+    ``cache``, ``cache`` without ``block_length``, ``pad_id`` without ``stop_ids``).
+
     Returns:
         ``[batch_size, seq_len]`` int64 ids with no ``mask_id`` left; with ``return_stats``,
         ``(ids, stats)``.
@@ -313,6 +340,11 @@ def generate(
     _check_positive_int(seq_len, "seq_len")
     _check_positive_int(steps, "steps")
     check_seed(seed)
+    _check_id(mask_id, "mask_id", None)
+    _check_unused_options(strategy, token_info, reveal, confidence, cache, block_length, refresh_every, stop_ids,
+                          pad_id, mask_id)
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA GPU is available (use device='cpu' or leave it None)")
     schedule = schedule or Schedule()
     if special_ids is None:
         special_ids = banned_ids
@@ -347,6 +379,11 @@ def generate(
     row_index = torch.arange(batch_size * seq_len, device=ids.device)
     vocab = getattr(den, "vocab_size", 0) or None
     if vocab is not None:
+        _check_id(mask_id, "mask_id", vocab)
+        if pad_id is not None:
+            _check_id(pad_id, "pad_id", vocab)
+        if stop_ids is not None:
+            check_ids_in_range(torch.as_tensor(list(stop_ids), dtype=torch.int64), vocab, "stop_ids")
         banned_ids = default_banned(banned_ids, vocab)
         check_ids_in_range(ids, vocab, "the fixed / prefix ids")
     sampling = Sampling(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -388,6 +425,34 @@ def generate(
     if bool((ids == mask_id).any()):  # pragma: no cover - guaranteed by the last step of every block
         raise RuntimeError("generation ended with [MASK] tokens left; please report this as a bug")
     return (ids, stats) if return_stats else ids
+
+
+def _check_unused_options(strategy: Any, token_info: Any, reveal: str, confidence: str, cache: str | None,
+                          block_length: int | None, refresh_every: int | None, stop_ids: IdsLike, pad_id: Any,
+                          mask_id: int) -> None:
+    """Refuse an option whose value the rest of the call would ignore, or whose value is not one of
+    its choices whatever the strategy, so that nothing asked for is dropped silently."""
+    if reveal not in REVEAL_RULES:
+        raise ValueError(f"reveal must be one of {REVEAL_RULES}, got {reveal!r}")
+    if confidence not in CONFIDENCE_MEASURES:
+        raise ValueError(f"confidence must be one of {CONFIDENCE_MEASURES}, got {confidence!r}")
+    if isinstance(strategy, str):
+        if confidence != "prob" and strategy not in ("topk", "threshold"):
+            raise ValueError(f"confidence={confidence!r} is used only by strategy='topk' or 'threshold', "
+                             f"not {strategy!r}")
+        if reveal != "exact" and token_info is None:
+            raise ValueError(f"reveal={reveal!r} applies only to the spindle posterior (strategy='posterior' with "
+                             "token_info from a spindle schedule)")
+    if cache is not None and block_length is None:
+        raise ValueError(f"cache={cache!r} needs block_length (the cache holds what lies outside the current block)")
+    if refresh_every is not None and cache is None:
+        raise ValueError("refresh_every is used only with a cache (cache='prefix' or 'dual')")
+    if pad_id is not None:
+        if stop_ids is None:
+            raise ValueError("pad_id is used only with stop_ids (it fills a row after its stop id)")
+        _check_id(pad_id, "pad_id", None)
+        if pad_id == mask_id:
+            raise ValueError(f"pad_id must differ from mask_id ({mask_id}): the filled positions would stay masked")
 
 
 class _NoBar:

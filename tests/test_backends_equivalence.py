@@ -299,6 +299,27 @@ def test_sample_never_reads_rows_it_does_not_sample(backend: str, dev: torch.dev
     assert torch.equal(conf[ids != MASK], torch.ones_like(conf[ids != MASK]))
 
 
+def test_validation_reads_only_the_rows_that_are_read(backend: str, dev: torch.device) -> None:
+    """With ``validate=True`` every backend checks exactly the rows it reads: NaN in a masked row
+    that the absorbing decision does not reveal (or in an unmasked row) passes, NaN in a revealed
+    row is refused, naming the row."""
+    vocab, rows = (211, 12) if dev.type == "cpu" else (30522, 64)
+    logits, ids, prob, row_index = _absorbing_case(vocab, rows, torch.float32, 9, dev)
+    reveal = ref.reveal_rows(ids == MASK, prob, row_index, 5, 2)
+    assert bool((~reveal & (ids == MASK)).any()) and bool(reveal.any())
+    poisoned = logits.clone()
+    poisoned[~reveal] = float("nan")
+    kw = dict(mask_id=MASK, unmask_prob=prob, seed=5, offset=2, row_index=row_index)
+    want, _ = dk.sample_absorbing(logits, ids, backend="reference", **kw)
+    for name in (backend, "reference"):  # the reference's own validation too
+        tok, _ = dk.sample_absorbing(poisoned, ids, backend=name, **kw)
+        assert torch.equal(tok[~reveal], want[~reveal]), name
+    poisoned[int(reveal.nonzero()[0, 0])] = float("nan")
+    for name in (backend, "reference"):
+        with pytest.raises(ValueError, match="NaN"):
+            dk.sample_absorbing(poisoned, ids, backend=name, **kw)
+
+
 @pytest.mark.parametrize("top_k", [None, 9])
 def test_invalid_rows_follow_the_documented_rule(backend: str, dev: torch.device, top_k) -> None:
     vocab = 211 if dev.type == "cpu" else 30522

@@ -185,6 +185,45 @@ def test_bad_arguments_name_the_argument(kwargs, err):
         generate(_den(), **base)
 
 
+@pytest.mark.parametrize(
+    "kwargs, exc, err",
+    [
+        (dict(prefix=[5.7, 6.2]), TypeError, "prefix"),  # would be truncated
+        (dict(fixed=torch.full((8,), 7.0)), TypeError, "fixed"),
+        (dict(fixed=torch.ones(8, dtype=torch.bool)), TypeError, "fixed"),  # would be taken as ids 1
+        (dict(stop_ids=[SEP], pad_id=V), ValueError, "pad_id"),
+        (dict(stop_ids=[SEP], pad_id=-2), ValueError, "pad_id"),
+        (dict(stop_ids=[SEP], pad_id=MASK), ValueError, "pad_id"),
+        (dict(stop_ids=[SEP], pad_id=1.5), TypeError, "pad_id"),
+        (dict(pad_id=PAD), ValueError, "pad_id"),  # without stop_ids: unused
+        (dict(stop_ids=[V + 3], pad_id=PAD), ValueError, "stop_ids"),
+        (dict(cache="dual"), ValueError, "block_length"),
+        (dict(mask_id=V + 5), ValueError, "mask_id"),
+        (dict(mask_id=2.0), TypeError, "mask_id"),
+        (dict(confidence="foo"), ValueError, "confidence"),
+        (dict(strategy="posterior", confidence="margin"), ValueError, "confidence"),
+        (dict(strategy="entropy_bound", confidence="neg_entropy"), ValueError, "confidence"),
+        (dict(reveal="foo"), ValueError, "reveal"),
+        (dict(reveal="authors"), ValueError, "reveal"),  # without token_info: unused
+        (dict(refresh_every=2), ValueError, "refresh_every"),
+    ],
+)
+def test_options_that_would_be_dropped_or_misread_are_refused(kwargs, exc, err):
+    """Every option is checked on the public ``generate``: a value of the wrong kind, outside the
+    vocabulary, or that the rest of the call would ignore is an error naming the option."""
+    base = dict(mask_id=MASK, batch_size=1, seq_len=8, steps=8, progress=False, banned_ids=BANNED)
+    base.update(kwargs)
+    with pytest.raises(exc, match=err):
+        generate(_den(), **base)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_a_cuda_device_without_a_gpu_is_named():
+    with pytest.raises(ValueError, match="device"):
+        generate(_den(), mask_id=MASK, batch_size=1, seq_len=8, steps=8, progress=False, banned_ids=BANNED,
+                 device="cuda")
+
+
 # ----------------------------------------------------------------------------- spindle reveal rules
 def _authors_port(probs, word_freq, guess_ids, lam, T, t, step):
     """The authors' released reverse step (MaskDiffusion.noise_fn + qt_reverse with their linear
