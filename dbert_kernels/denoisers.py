@@ -67,22 +67,31 @@ def _check_full_logits(out: Any, ids: torch.Tensor, who: str) -> torch.Tensor:
 
 
 class CallableDenoiser(Denoiser):
-    """Wrap ``fn(ids) -> [B, L, V]`` (or ``fn(ids, t)`` if it takes a second argument)."""
+    """Wrap ``fn(ids) -> [B, L, V]``; ``fn`` gets the time step only when it declares it: as a
+    parameter named ``t`` (``fn(ids, t=...)``), or as a second positional parameter without a
+    default (``fn(ids, t)``). An optional second parameter of another name (``fn(ids, scale=1.0)``)
+    is left alone."""
 
     def __init__(self, fn: Callable[..., Any], vocab_size: int | None = None) -> None:
         self.fn = fn
+        self.t_by_name = self.t_by_position = False
         try:
-            params = [
-                p for p in inspect.signature(fn).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            ]
-            self.takes_t = len(params) >= 2
+            params = list(inspect.signature(fn).parameters.values())
         except (TypeError, ValueError):
-            self.takes_t = False
+            params = []
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.t_by_name = any(p.name == "t" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params[1:])
+        self.t_by_position = not self.t_by_name and len(positional) >= 2 and positional[1].default is inspect.Parameter.empty
+        self.takes_t = self.t_by_name or self.t_by_position
         self.vocab_size = vocab_size or 0
 
     def logits(self, ids: torch.Tensor, t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        out = self.fn(ids, t) if self.takes_t else self.fn(ids)
+        if self.t_by_name:
+            out = self.fn(ids, t=t)
+        elif self.t_by_position:
+            out = self.fn(ids, t)
+        else:
+            out = self.fn(ids)
         out = _check_full_logits(out, ids, "the denoiser callable")
         self.vocab_size = out.shape[-1]
         return out[rows]

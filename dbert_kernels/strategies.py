@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -315,10 +315,14 @@ class TopKStep(Strategy):
         ids = state.ids
         target = torch.round(state.n_free.double() * (1.0 - float(self.schedule.alphabar(state.s)))).long()
         count = (state.in_play.sum(dim=1) - target).clamp(min=0)
-        if not bool((count > 0).any()):
+        live = count > 0
+        if not bool(live.any()):
             return ids
-        candidates, score, _ = _draw_in_play(state, ask, sampling, self.confidence)
-        return _reveal_top(ids, state, candidates, score, count, sampling, self.gumbel_temperature)
+        # only the rows that reveal something at this step are run (the draws are keyed on the
+        # position, so the other rows' later draws do not change)
+        asked = state if bool(live.all()) else replace(state, in_play=state.in_play & live[:, None])
+        candidates, score, _ = _draw_in_play(asked, ask, sampling, self.confidence)
+        return _reveal_top(ids, asked, candidates, score, count, sampling, self.gumbel_temperature)
 
 
 def _reveal_top(ids: torch.Tensor, state: StepState, candidates: torch.Tensor, score: torch.Tensor,

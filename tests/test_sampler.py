@@ -182,3 +182,35 @@ def test_a_denoiser_returning_the_wrong_number_of_rows_is_named():
 
     with pytest.raises(ValueError, match="the denoiser returned logits"):
         generate(Short(), mask_id=3, batch_size=2, seq_len=5, steps=2, banned_ids=[], progress=False)
+
+
+def test_a_callable_gets_the_time_step_only_when_it_declares_it():
+    """``f(ids, t)`` and ``f(ids, *, t=None)`` receive the step's time; ``f(ids)`` and a callable
+    with an optional second parameter of another name (``f(ids, scale=1.0)``) do not."""
+    from dbert_kernels.denoisers import CallableDenoiser
+
+    vocab = 11
+    seen: dict[str, list] = {}
+
+    def make(name):
+        def logits(ids):
+            return torch.zeros(*ids.shape, vocab)
+
+        return logits, seen.setdefault(name, [])
+
+    plain, _ = make("plain")
+    base, got_t = make("positional")
+    base_kw, got_kw = make("keyword")
+    base_scale, got_scale = make("scale")
+    callables = {
+        "plain": plain,
+        "positional": lambda ids, t: (got_t.append(t), base(ids))[1],
+        "keyword": lambda ids, *, t=None: (got_kw.append(t), base_kw(ids))[1],
+        "scale": lambda ids, scale=1.0: (got_scale.append(scale), base_scale(ids))[1],
+    }
+    ids = torch.full((2, 5), 3)
+    rows = ids == 3
+    for fn in callables.values():
+        CallableDenoiser(fn).logits(ids, torch.tensor(0.5), rows)
+    assert got_t == [torch.tensor(0.5)] and got_kw == [torch.tensor(0.5)]
+    assert got_scale == [1.0]  # the default, not the time step

@@ -388,3 +388,23 @@ def test_same_seed_same_tokens_on_every_backend(backend, kw):
     except NotImplementedError as exc:  # a backend that does not compute entropy / margin yet says so
         pytest.skip(str(exc))
     assert torch.equal(got, want)
+
+
+def test_topk_runs_only_the_rows_that_reveal_at_a_step():
+    """A row whose count is 0 at a step (few free positions against the schedule) is not run;
+    the tokens are those of running every row (the draws are keyed on the position)."""
+    fixed = torch.full((2, 8), -1)
+    fixed[1, :7] = 42  # row 1 has one free position: it reveals at one step only
+    forwarded = []
+
+    def watch(k, ids, revealed):
+        forwarded.append(int(revealed.any(dim=1).sum()))
+
+    kw = dict(mask_id=MASK, batch_size=2, seq_len=8, steps=8, strategy="topk", fixed=fixed, banned_ids=BANNED,
+              progress=False, return_stats=True, seed=3)
+    out, stats = generate(_den(), on_step=watch, **kw)
+    assert stats.rows_forwarded == sum(forwarded) == 8 + 1
+    # the same tokens as each row generated alone
+    alone = [generate(_den(), **{**kw, "batch_size": 1, "fixed": fixed[r]})[0][0] for r in range(2)]
+    assert torch.equal(out[0], alone[0])
+    assert int(out[1, 7]) != MASK
