@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -83,10 +82,6 @@ def settings(cfg: OracleConfig, length: int) -> list[dict[str, Any]]:
     return out
 
 
-def _round(m: dict[str, Any]) -> dict[str, Any]:
-    """Floats to 6 decimals; NaN / inf to None (strict JSON)."""
-    return {k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v) for k, v in m.items()}
-
 
 def run_oracle(cfg: OracleConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the grid; returns the ``oracle`` section of the results (JSON-ready)."""
@@ -104,7 +99,7 @@ def run_oracle(cfg: OracleConfig, progress: Callable[[str], None] | None = None)
         truth = sampler_metrics(chain, chain.sample(n, length, seed=cfg.seed + 1000))
         block_res["rows"].append({"strategy": "chain samples", "setting": "drawn from the chain", "block_length": None,
                                   "steps": None, "calls_per_sequence": None,
-                                  "seconds": round(time.perf_counter() - t0, 3), **_round(truth)})
+                                  "seconds": round(time.perf_counter() - t0, 3), **report.json_floats(truth)})
         for s in settings(cfg, length):
             gen = dict(s["gen"])
             block = s.get("block")
@@ -123,15 +118,10 @@ def run_oracle(cfg: OracleConfig, progress: Callable[[str], None] | None = None)
             block_res["rows"].append({
                 "strategy": s["strategy"], "setting": s["setting"], "block_length": block, "steps": gen["steps"],
                 "calls_per_sequence": stats.calls_per_sequence(n), "denoiser_calls": stats.calls,
-                "inconsistent_rows": oracle.inconsistent, "seconds": round(seconds, 3), **_round(m),
+                "inconsistent_rows": oracle.inconsistent, "seconds": round(seconds, 3), **report.json_floats(m),
             })
     return section
 
-
-def _fmt(x: Any, spec: str = ".3f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, spec)
 
 
 def _exact_like(r: dict[str, Any]) -> str:
@@ -169,11 +159,11 @@ def markdown(res: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in b["rows"]:
             lines.append(
-                f"| {r['strategy']} | {r['setting']} | {r['block_length'] or '-'} | {_fmt(r['calls_per_sequence'], '.1f')} "
-                f"| {_fmt(r['nll_gap'], '+.3f')} ± {_fmt(r['nll_se'], '.3f')} "
-                f"| {_fmt(100 * r['impossible_seq_rate'], '.1f')} | {_fmt(100 * r['impossible_transition_rate'], '.2f')} "
-                f"| {_fmt(r['bigram_tv'])} | {_fmt(r['distinct_1'])} | {_fmt(r['distinct_2'])} "
-                f"| {_fmt(r['distinct_3'])} | {_fmt(r['distinct_4'])} | {_exact_like(r)} | {_fmt(r['seconds'], '.1f')} |")
+                f"| {r['strategy']} | {r['setting']} | {r['block_length'] or '-'} | {report.fmt(r['calls_per_sequence'], '.1f')} "
+                f"| {report.fmt(r['nll_gap'], '+.3f')} ± {report.fmt(r['nll_se'], '.3f')} "
+                f"| {report.fmt(100 * r['impossible_seq_rate'], '.1f')} | {report.fmt(100 * r['impossible_transition_rate'], '.2f')} "
+                f"| {report.fmt(r['bigram_tv'])} | {report.fmt(r['distinct_1'])} | {report.fmt(r['distinct_2'])} "
+                f"| {report.fmt(r['distinct_3'])} | {report.fmt(r['distinct_4'])} | {_exact_like(r)} | {report.fmt(r['seconds'], '.1f')} |")
         if b["skipped"]:
             lines += ["", "Not run: " + "; ".join(b["skipped"]) + "."]
         lines.append("")
@@ -209,12 +199,6 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - platforms without getloadavg
-        return None
-
 
 def main(argv: list[str], out_dir: Path, quick: bool, progress: bool = True) -> dict[str, Any]:
     """Run the oracle table and write ``oracle_cpu.{json,md}`` (+ png) into ``out_dir``."""
@@ -222,7 +206,7 @@ def main(argv: list[str], out_dir: Path, quick: bool, progress: bool = True) -> 
     device = torch.device("cpu")  # the oracle runs on the CPU in float64
     res: dict[str, Any] = {
         "schema": 1, "mode": "quick" if quick else "full", "command": "python -m bench " + shlex.join(argv),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg_before": _loadavg(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg_before": report.load_average(),
         "environment": report.environment(device), "config": {"oracle": asdict(cfg)},
     }
     bar = None
@@ -246,7 +230,7 @@ def main(argv: list[str], out_dir: Path, quick: bool, progress: bool = True) -> 
         if bar is not None:
             bar.close()
     res["duration_s"] = time.perf_counter() - t0
-    res["loadavg_after"] = _loadavg()
+    res["loadavg_after"] = report.load_average()
     res["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"oracle_{device.type}"

@@ -40,6 +40,8 @@ import torch
 
 from dbert_kernels.markov import MarkovChain, sampler_metrics
 
+from . import report
+
 __all__ = ["TrainedConfig", "FULL", "QUICK", "write_corpus", "check_tokenizer", "train_both", "model_nll",
            "run_bench", "markdown", "main"]
 
@@ -344,9 +346,6 @@ class _DbertSampler:
         return ids, stats.calls
 
 
-def _round(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v) for k, v in m.items()}
-
 
 def run_bench(cfg: TrainedConfig, loaded_dbert: Any, loaded_gpt2: Any, chain: MarkovChain,
               progress: Any = None) -> dict[str, Any]:
@@ -381,13 +380,13 @@ def run_bench(cfg: TrainedConfig, loaded_dbert: Any, loaded_gpt2: Any, chain: Ma
     truth = sampler_metrics(chain, chain.sample(sum(_samples_per_batch(cfg, b) for b in cfg.batches), cfg.length,
                                                 seed=cfg.seed + 5000))
     out_rows.append({"model": "chain", "strategy": "chain samples", "setting": "drawn from the chain", "block_length": None,
-                     "unparsed": 0, **_round(truth)})
+                     "unparsed": 0, **report.json_floats(truth)})
     for r in rows:
         ids = torch.cat([x[:, : cfg.length + 1] for x in r["ids"]])
         chain_ids, ok = to_chain_ids(ids, cfg.length, cfg.vocab)
         m = sampler_metrics(chain, chain_ids[ok]) if bool(ok.any()) else {}
         row = {"model": "gpt2" if r["gen"] is None else "diffusion", "strategy": r["strategy"], "setting": r["setting"],
-               "block_length": r["block"], "unparsed": int((~ok).sum()), **_round(m)}
+               "block_length": r["block"], "unparsed": int((~ok).sum()), **report.json_floats(m)}
         for b in cfg.batches:
             n_seq = r["tokens"][b] // cfg.length
             row[f"tokens_per_s_b{b}"] = round(r["tokens"][b] / r["seconds"][b], 2)
@@ -461,11 +460,6 @@ def verdict(rows: list[dict[str, Any]], cfg: TrainedConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- report
-def _fmt(x: Any, spec: str = ".3f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, spec)
-
 
 def markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
@@ -521,18 +515,18 @@ def markdown(res: dict[str, Any]) -> str:
         if r["model"] == "chain":
             speed = " | ".join("-" for _ in bs) + " | - | -"
         else:
-            speed = " | ".join(_fmt(r[f"tokens_per_s_b{b}"], ".1f") for b in bs)
-            speed += f" | {_fmt(r.get('speedup_vs_gpt2', {}).get(big, 1.0), '.2f')}"
-            speed += f" | {_fmt(r.get(f'forwards_per_batch_b{big}'), '.1f')}"
+            speed = " | ".join(report.fmt(r[f"tokens_per_s_b{b}"], ".1f") for b in bs)
+            speed += f" | {report.fmt(r.get('speedup_vs_gpt2', {}).get(big, 1.0), '.2f')}"
+            speed += f" | {report.fmt(r.get(f'forwards_per_batch_b{big}'), '.1f')}"
         ok = "-" if r["model"] != "diffusion" else (("yes" if r["quality_ok"] else "no")
                                                      + (" (yes)" if r["quality_strict"] else " (no)"))
         lines.append(
             f"| {r['model']} | {r['strategy']} | {r['setting']} | {r['block_length'] or '-'} | {speed} "
-            f"| {_fmt(r.get('nll_gap'), '+.3f')} ± {_fmt(r.get('nll_se'), '.3f')} "
-            f"| {_fmt(100 * r['impossible_transition_rate'] if r.get('impossible_transition_rate') is not None else None, '.2f')} "
-            f"| {_fmt(100 * r['impossible_seq_rate'] if r.get('impossible_seq_rate') is not None else None, '.1f')} "
-            f"| {_fmt(r.get('bigram_tv'))} | {_fmt(r.get('distinct_1'))} | {_fmt(r.get('distinct_2'))} "
-            f"| {_fmt(r.get('distinct_3'))} | {r['unparsed']} | {ok} |")
+            f"| {report.fmt(r.get('nll_gap'), '+.3f')} ± {report.fmt(r.get('nll_se'), '.3f')} "
+            f"| {report.fmt(100 * r['impossible_transition_rate'] if r.get('impossible_transition_rate') is not None else None, '.2f')} "
+            f"| {report.fmt(100 * r['impossible_seq_rate'] if r.get('impossible_seq_rate') is not None else None, '.1f')} "
+            f"| {report.fmt(r.get('bigram_tv'))} | {report.fmt(r.get('distinct_1'))} | {report.fmt(r.get('distinct_2'))} "
+            f"| {report.fmt(r.get('distinct_3'))} | {r['unparsed']} | {ok} |")
     lines += ["", f"**>= 2x GPT-2's tokens/s at batch {v['batch']} with quality no worse than GPT-2's samples:** "
               + (", ".join(v["passing"]) if v["passing"] else "none") + ".", "",
               f"Where each family breaks down (GPT-2's samples: NLL gap {g_gap}, impossible transitions {g_imp}; "
@@ -545,8 +539,6 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Path) -> bool:
-    from . import report
-
     plt = report.import_pyplot("the oracle-trained plot")
     if plt is None:
         return False
@@ -574,12 +566,6 @@ def plot(res: dict[str, Any], path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- main
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
-
 
 def _check_chain(cfg: TrainedConfig, data: Path) -> None:
     meta = json.loads((data / "chain.json").read_text(encoding="utf-8"))
@@ -597,8 +583,6 @@ def main(argv: list[str], out_dir: Path, quick: bool, *, checkpoint: str | None 
     from dbert_model.ar import load_ar
     from dbert_model.checkpoint import load_checkpoint, read_trainer_state
     from dbert_model.data import cache_dir
-
-    from . import report
 
     cfg = cfg or (QUICK if quick else FULL)
     work = Path(work) if work is not None else cache_dir() / "oracle-trained" / ("quick" if quick else "full")
@@ -653,11 +637,11 @@ def main(argv: list[str], out_dir: Path, quick: bool, *, checkpoint: str | None 
     if progress:
         def tick(label: str) -> None:
             print(f"  oracle-trained bench: {label}", file=sys.stderr, flush=True)
-    res["loadavg_before"] = _loadavg()
+    res["loadavg_before"] = report.load_average()
     t0 = time.perf_counter()
     res["bench"] = run_bench(cfg, ld, lg, chain, tick)
     res["bench_s"] = time.perf_counter() - t0
-    res["loadavg_after"] = _loadavg()
+    res["loadavg_after"] = report.load_average()
     res["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "oracle_trained_cpu"
@@ -673,8 +657,6 @@ def main(argv: list[str], out_dir: Path, quick: bool, *, checkpoint: str | None 
 
 def rerender(path: Path) -> None:
     """Recompute the verdict of a results JSON from its rows and rewrite its markdown (no measurement)."""
-    from . import report
-
     res = json.loads(path.read_text(encoding="utf-8"))
     res["config"]["batches"] = tuple(res["config"]["batches"])
     cfg = TrainedConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in res["config"].items()})

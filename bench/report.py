@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import platform
 import re
@@ -56,6 +57,26 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def load_average() -> list[float] | None:
+    """The 1 / 5 / 15-minute load averages, rounded (None where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - platforms without getloadavg
+        return None
+
+
+def json_floats(m: dict[str, Any]) -> dict[str, Any]:
+    """``m`` with its float values rounded to 6 decimals and NaN / inf as None (strict JSON)."""
+    return {k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v) for k, v in m.items()}
+
+
+def fmt(x: Any, spec: str = ".3f") -> str:
+    """A table cell: ``x`` formatted with ``spec``, ``-`` for None, NaN or inf."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, spec)
 
 
 def _version(module: str) -> str | None:
