@@ -91,12 +91,12 @@ def check_ids_in_range(x: torch.Tensor, vocab_size: int, name: str) -> None:
         )
 
 
-def check_token_id(value: int | None, vocab_size: int, name: str) -> int:
-    """A single token id in [0, vocab_size)."""
+def check_token_id(value: int | None, vocab_size: int | None, name: str) -> int:
+    """A single token id in [0, vocab_size) (``vocab_size`` None, not known yet: >= 0)."""
     if value is None or isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int token id, got {value!r}")
-    if not 0 <= value < vocab_size:
-        raise ValueError(f"{name}={value} is outside the vocabulary [0, {vocab_size})")
+    if value < 0 or (vocab_size is not None and value >= vocab_size):
+        raise ValueError(f"{name}={value} is outside the vocabulary [0, {vocab_size or 'V'})")
     return value
 
 

@@ -24,13 +24,11 @@ from typing import Any
 
 import torch
 
-from ._validation import IdsLike, check_ids_in_range, check_seed, default_banned
+from ._validation import IdsLike, check_ids_in_range, check_seed, check_token_id, default_banned
 from .cache import BlockCache
 from .denoisers import Denoiser, as_denoiser
 from .schedules import Schedule
 from .strategies import (
-    CONFIDENCE_MEASURES,
-    REVEAL_RULES,
     STRATEGIES,
     EntropyBoundStep,
     PosteriorStep,
@@ -40,6 +38,8 @@ from .strategies import (
     Strategy,
     ThresholdStep,
     TopKStep,
+    _check_measure,
+    _check_reveal,
 )
 
 __all__ = ["generate", "build_template", "make_strategy", "GenerateStats"]
@@ -88,15 +88,6 @@ def _integer_ids(ids: Any, name: str) -> Any:
     if t.numel() and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
         raise TypeError(f"{name} must hold integer token ids, got dtype {t.dtype}")
     return ids
-
-
-def _check_id(value: Any, name: str, vocab: int | None) -> int:
-    """A single token id: an int (not a bool) >= 0, and below ``vocab`` when it is known."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int token id, got {value!r}")
-    if value < 0 or (vocab is not None and value >= vocab):
-        raise ValueError(f"{name}={value} is outside the vocabulary [0, {vocab or 'V'})")
-    return value
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -340,7 +331,7 @@ def generate(
     _check_positive_int(seq_len, "seq_len")
     _check_positive_int(steps, "steps")
     check_seed(seed)
-    _check_id(mask_id, "mask_id", None)
+    check_token_id(mask_id, None, "mask_id")
     _check_unused_options(strategy, token_info, reveal, confidence, cache, block_length, refresh_every, stop_ids,
                           pad_id, mask_id)
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -379,9 +370,9 @@ def generate(
     row_index = torch.arange(batch_size * seq_len, device=ids.device)
     vocab = getattr(den, "vocab_size", 0) or None
     if vocab is not None:
-        _check_id(mask_id, "mask_id", vocab)
+        check_token_id(mask_id, vocab, "mask_id")
         if pad_id is not None:
-            _check_id(pad_id, "pad_id", vocab)
+            check_token_id(pad_id, vocab, "pad_id")
         if stop_ids is not None:
             check_ids_in_range(torch.as_tensor(list(stop_ids), dtype=torch.int64), vocab, "stop_ids")
         banned_ids = default_banned(banned_ids, vocab)
@@ -432,10 +423,8 @@ def _check_unused_options(strategy: Any, token_info: Any, reveal: str, confidenc
                           mask_id: int) -> None:
     """Refuse an option whose value the rest of the call would ignore, or whose value is not one of
     its choices whatever the strategy, so that nothing asked for is dropped silently."""
-    if reveal not in REVEAL_RULES:
-        raise ValueError(f"reveal must be one of {REVEAL_RULES}, got {reveal!r}")
-    if confidence not in CONFIDENCE_MEASURES:
-        raise ValueError(f"confidence must be one of {CONFIDENCE_MEASURES}, got {confidence!r}")
+    _check_reveal(reveal)
+    _check_measure(confidence)
     if isinstance(strategy, str):
         if confidence != "prob" and strategy not in ("topk", "threshold"):
             raise ValueError(f"confidence={confidence!r} is used only by strategy='topk' or 'threshold', "
@@ -450,7 +439,7 @@ def _check_unused_options(strategy: Any, token_info: Any, reveal: str, confidenc
     if pad_id is not None:
         if stop_ids is None:
             raise ValueError("pad_id is used only with stop_ids (it fills a row after its stop id)")
-        _check_id(pad_id, "pad_id", None)
+        check_token_id(pad_id, None, "pad_id")
         if pad_id == mask_id:
             raise ValueError(f"pad_id must differ from mask_id ({mask_id}): the filled positions would stay masked")
 

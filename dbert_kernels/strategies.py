@@ -159,6 +159,12 @@ def _check_measure(confidence: str) -> str:
     return confidence
 
 
+def _check_reveal(reveal: str) -> str:
+    if reveal not in REVEAL_RULES:
+        raise ValueError(f"reveal must be one of {REVEAL_RULES}, got {reveal!r}")
+    return reveal
+
+
 def _draw_in_play(state: StepState, ask: AskFn, sampling: Sampling, measure: str | None, with_entropy: bool = False):
     """Sample a candidate at every in-play position: ``(candidates, score, entropy)`` all ``[B, L]``."""
     ids = state.ids
@@ -246,8 +252,7 @@ class SpindlePosteriorStep(Strategy):
                  special_ids: IdsLike = None) -> None:
         if not schedule.is_spindle:
             raise ValueError("token_info needs a spindle schedule (spindle_lambda > 0)")
-        if reveal not in REVEAL_RULES:
-            raise ValueError(f"reveal must be one of {REVEAL_RULES}, got {reveal!r}")
+        _check_reveal(reveal)
         if not isinstance(token_info, torch.Tensor) or token_info.dim() != 1 or not token_info.is_floating_point():
             raise ValueError("token_info must be a 1-D float tensor [V] (dbert_kernels.token_information)")
         self.schedule = schedule
