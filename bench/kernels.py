@@ -225,13 +225,14 @@ def _compile_one(task: tuple[str, int, int, str, int]) -> str:
 
 
 class ShapeCompiler:
-    """Compiles the Triton variants of each shape ``(vocab, dtype)`` in ``jobs`` processes, in
-    the order of ``shapes``, into Triton's on-disk cache (``TRITON_CACHE_DIR``), where the timing
-    process finds them; :meth:`wait` blocks until one shape's variants are compiled, so the timings
-    of a shape start as soon as its own variants are ready while the next shapes compile
-    (``jobs == 0``: nothing is compiled ahead; the first timed call compiles).
+    """Compiles the Triton sampling kernel of each shape ``(vocab, dtype)`` in ``jobs`` processes,
+    in the order of ``shapes``, into Triton's on-disk cache (``TRITON_CACHE_DIR``), where the timing
+    process finds it; :meth:`wait` blocks until one shape's kernel is compiled, so the timings of a
+    shape start as soon as it is ready while the next shapes compile (``jobs == 0``: nothing is
+    compiled ahead; the first timed call compiles).
 
-    Triton compiles one kernel at a time per process (seconds to tens of seconds per variant).
+    One launch per shape compiles what every variant of :data:`TRITON_VARIANTS` runs: the kernel's
+    options are run-time arguments, so the variants share one binary.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, str]], rows: int, device: torch.device, jobs: int) -> None:
@@ -242,14 +243,12 @@ class ShapeCompiler:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        n_tasks = len(shapes) * len(TRITON_VARIANTS)
-        self.pool = ProcessPoolExecutor(max(1, min(jobs, n_tasks)), mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max(1, min(jobs, len(shapes))), mp_context=multiprocessing.get_context("spawn"))
         for vocab, dtype in shapes:  # submitted in order: the workers take the first shape first
-            self.futures[(vocab, dtype)] = [self.pool.submit(_compile_one, (device.type, rows, vocab, dtype, i))
-                                            for i in range(len(TRITON_VARIANTS))]
+            self.futures[(vocab, dtype)] = [self.pool.submit(_compile_one, (device.type, rows, vocab, dtype, 0))]
 
     def wait(self, vocab: int, dtype: str) -> tuple[float, list[str]]:
-        """Seconds waited for the variants of ``(vocab, dtype)`` and their compile errors."""
+        """Seconds waited for the kernel of ``(vocab, dtype)`` and its compile errors."""
         import time
 
         start = time.perf_counter()
