@@ -23,7 +23,7 @@ from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_dec
 from .params import SamplingParams
 from .sampler import GenerateStats, build_template, generate, make_strategy
 from .schedules import Schedule, token_information
-from .strategies import STRATEGIES, Strategy, authors_reveal_probability
+from .strategies import REVEAL_RULES, STRATEGIES, Strategy, authors_reveal_probability
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "BlockCache",
     "authors_reveal_probability",
     "GenerateStats",
+    "REVEAL_RULES",
     "STRATEGIES",
     "Strategy",
     "Denoiser",

@@ -48,6 +48,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dbert_kernels import REVEAL_RULES
+
     from .arch import architecture_names
     from .settings import HYBRID_CE_SETS, LOSS_NORMS, LOSSES, SCHEDULES, TIME_DESIGNS, TIME_INITS
     from .train import TrainConfig
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--block-length", type=int, default=None, help="decode left-to-right blocks of this many positions")
     g.add_argument("--cache", choices=("prefix", "dual"), default=None, help="block key/value cache (needs --block-length)")
     g.add_argument("--refresh-every", type=int, default=None, help="recompute the cache every N calls (default: per block)")
-    g.add_argument("--reveal", choices=("exact", "authors"), default="exact",
+    g.add_argument("--reveal", choices=REVEAL_RULES, default="exact",
                    help="spindle checkpoints, posterior strategy: exact per-token posterior or the authors' rule")
     g.add_argument("--sentence-level", action="store_true",
                    help="spindle checkpoints: reveal with the sentence-level alphabar instead of the per-token schedule")
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--paper-metrics", action="store_true",
                    help="also Table 2's metrics: the 128-step bound over real tokens, BLEU / Self-BLEU of "
                    "128-step samples as the authors' mean of per-sample scores and pooled")
-    e.add_argument("--reveal", default="exact", metavar="{exact,authors}",
+    e.add_argument("--reveal", default="exact", metavar="{" + ",".join(REVEAL_RULES) + "}",
                    help="spindle checkpoints, posterior strategy: sample with the exact per-token posterior "
                    "(default) or the authors' reveal rule")
     e.add_argument("--judge", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) that scores the samples: "
@@ -303,6 +305,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from dbert_kernels import REVEAL_RULES
+
     from .arch import get_architecture
     from .checkpoint import read_trainer_state
     from .data import encode, load_corpus
@@ -310,8 +314,8 @@ def _eval(args: argparse.Namespace) -> None:
     from .judge import Judge
     from .train import resolve_device
 
-    if args.reveal not in ("exact", "authors"):  # checked here, not by argparse: one line, exit 2
-        raise ValueError(f"--reveal must be exact or authors, got {args.reveal!r}")
+    if args.reveal not in REVEAL_RULES:  # checked here, not by argparse: one line, exit 2
+        raise ValueError(f"--reveal must be one of {', '.join(REVEAL_RULES)}, got {args.reveal!r}")
     if args.samples == 1:
         raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
     if args.judge and not args.samples:
