@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arch import Architecture, StepLoss
+from .arch import Architecture, Loaded, StepLoss
 from .data import EncodedSplit
 from .evaluate import whole_only
 from .settings import DiffusionSettings
@@ -242,15 +242,10 @@ def sample_ar(
 
 
 @dataclass
-class LoadedAR:
+class LoadedAR(Loaded):
     """What :func:`load_ar` returns: the GPT-2 (eval mode), its settings (vocabulary, special
     ids, ``max_len``), tokenizer, training token counts and directory."""
 
-    model: Any
-    settings: DiffusionSettings
-    tokenizer: Any
-    token_counts: torch.Tensor
-    path: Path | None
     arch: str = "gpt2"
 
 
@@ -276,34 +271,21 @@ def load_ar(path: str | Path, *, device: torch.device | str | None = None, token
     is the directory the files were read from. ``tokenizer``: use this one instead of the
     checkpoint's own (it must have the same vocabulary).
     """
-    from safetensors.torch import load_file, load_model
-    from transformers import AutoConfig, GPT2LMHeadModel
-
-    from .checkpoint import STATS_FILE, WEIGHTS_FILE, check_vocabulary, resolve_checkpoint
-    from .tokenizer import load_tokenizer
+    from .checkpoint import resolve_checkpoint
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (train one with `dbert train --arch gpt2 --out {path}`)")
     if not is_ar_checkpoint(path):
         raise ValueError(f"{path} is not a GPT-2 checkpoint (train one with `dbert train --arch gpt2`)")
-    path = resolve_checkpoint(path) or path
-    settings = DiffusionSettings.load(path)
-    tokenizer = load_tokenizer(path) if tokenizer is None else tokenizer
-    check_vocabulary(settings, tokenizer, where=f"checkpoint {path}")
-    model = GPT2LMHeadModel(AutoConfig.from_pretrained(str(path), local_files_only=True))
-    missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its GPT-2 config: missing {sorted(missing)[:4]}, "
-                         f"unexpected {sorted(unexpected)[:4]}")
-    counts = load_file(str(path / STATS_FILE))["counts"]
-    return LoadedAR(model=model.to(device).eval(), settings=settings, tokenizer=tokenizer, token_counts=counts, path=path)
+    return GPT2Architecture().load(resolve_checkpoint(path) or path, device=device, tokenizer=tokenizer)
 
 
 class GPT2Architecture(Architecture):
     """The GPT-2 baseline as an :class:`~dbert_model.arch.Architecture` (registry name ``"gpt2"``)."""
 
     name = "gpt2"
+    loaded = LoadedAR
     model_types = ("gpt2",)
 
     def build(self, cfg: Any, settings: DiffusionSettings) -> Any:
@@ -314,8 +296,10 @@ class GPT2Architecture(Architecture):
     def describe(self, settings: DiffusionSettings) -> str:
         return "GPT-2"
 
-    def load(self, path: Path, *, device: Any = None, tokenizer: Any = None) -> LoadedAR:
-        return load_ar(path, device=device, tokenizer=tokenizer)
+    def network(self, path: Path) -> Any:
+        from transformers import AutoConfig, GPT2LMHeadModel
+
+        return GPT2LMHeadModel(AutoConfig.from_pretrained(str(path), local_files_only=True))
 
     def loss(self, model: Any, ids: torch.Tensor, *, settings: DiffusionSettings, info: torch.Tensor, cfg: Any,
              step: int, shard: slice) -> StepLoss:

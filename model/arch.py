@@ -88,6 +88,9 @@ class Architecture:
         """True when the checkpoint files in ``path`` are of this architecture."""
         return _model_type(path) in self.model_types
 
+    #: what :meth:`load` returns (a :class:`Loaded` or a subclass with the same fields)
+    loaded: type = Loaded
+
     def network(self, path: Path) -> torch.nn.Module:
         """An empty network for the checkpoint in ``path`` (its weights are loaded by :meth:`load`)."""
         raise NotImplementedError
@@ -109,7 +112,7 @@ class Architecture:
             raise ValueError(f"checkpoint {path} does not match its {self.name} network: missing {sorted(missing)[:4]}, "
                              f"unexpected {sorted(unexpected)[:4]}")
         counts = load_file(str(path / STATS_FILE))["counts"]
-        return Loaded(model.to(device).eval(), settings, tok, counts, path, self.name)
+        return self.loaded(model.to(device).eval(), settings, tok, counts, path, self.name)
 
     def save(self, out: Path, model: Any, settings: Any, tokenizer: Any, counts: torch.Tensor, *, step: int,
              trainer_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
