@@ -162,12 +162,6 @@ def _store_outputs(out_tok_ptr, out_conf_ptr, out_ent_ptr, out_margin_ptr, rows,
 
 
 @triton.jit
-def _key_value(key):
-    """The float32 whose :func:`float_key` is ``key`` (the key map is its own inverse)."""
-    return (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _histogram(bins, mask, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, NB: tl.constexpr):
     """Per-row counts [BLOCK_R * NB] of ``bins`` [BLOCK_R, BLOCK_V] (each in ``0..NB-1``) where
     ``mask``; row ``r``'s counts are ``r * NB + b``."""
