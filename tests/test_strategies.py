@@ -408,3 +408,61 @@ def test_topk_runs_only_the_rows_that_reveal_at_a_step():
     alone = [generate(_den(), **{**kw, "batch_size": 1, "fixed": fixed[r]})[0][0] for r in range(2)]
     assert torch.equal(out[0], alone[0])
     assert int(out[1, 7]) != MASK
+
+
+def _llada_port(model, prompt: torch.Tensor, steps: int, gen_length: int, block_length: int, mask_id: int):
+    """LLaDA's ``generate`` (its public generate.py: blocks from the prompt's end, steps split evenly
+    over the blocks, low-confidence remasking, temperature 0, no guidance), written out here:
+    the final ids, the positions revealed at each step and the model calls."""
+    p_len = prompt.shape[1]
+    x = torch.full((1, p_len + gen_length), mask_id, dtype=torch.long)
+    x[:, :p_len] = prompt
+    num_blocks = gen_length // block_length
+    per_block = steps // num_blocks
+    revealed, calls = [], 0
+    for nb in range(num_blocks):
+        block_mask = x[:, p_len + nb * block_length: p_len + (nb + 1) * block_length] == mask_id
+        n = block_mask.sum(dim=1, keepdim=True)
+        transfer_counts = (n // per_block).repeat(1, per_block)
+        for j in range(n.shape[0]):
+            transfer_counts[j, : int(n[j, 0] % per_block)] += 1
+        for i in range(per_block):
+            mask_index = x == mask_id
+            logits = model(x)
+            calls += 1
+            x0 = torch.argmax(logits, dim=-1)
+            x0_p = torch.gather(torch.softmax(logits.to(torch.float64), dim=-1), -1, x0[..., None])[..., 0]
+            x0_p[:, p_len + (nb + 1) * block_length:] = -math.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, torch.tensor(-math.inf, dtype=torch.float64))
+            transfer = torch.zeros_like(x0, dtype=torch.bool)
+            for j in range(confidence.shape[0]):
+                transfer[j, torch.topk(confidence[j], k=int(transfer_counts[j, i])).indices] = True
+            x[transfer] = x0[transfer]
+            revealed.append(sorted(transfer[0].nonzero()[:, 0].tolist()))
+    return x, revealed, calls
+
+
+@pytest.mark.parametrize("prompt_len, steps", [(8, 16), (5, 16), (5, 8), (3, 4)])
+def test_blocks_from_the_prompt_end_make_llada_decisions(prompt_len, steps):
+    """Blocks laid from the prompt's end with the steps shared over the generation blocks: greedy
+    top-k decoding equals the port of LLaDA's loop step by step (the positions revealed at each
+    step, the model calls, the tokens), for prompt lengths that are and are not multiples of the
+    block length (the counts per step divide evenly here: LLaDA's split of a remainder differs)."""
+    g = torch.Generator().manual_seed(prompt_len)
+    table = torch.randn(V, V, generator=g) * 3
+    table[:, MASK] = -math.inf  # LLaDA's argmax never picks [MASK]; the sampler bans it
+
+    def model(ids):  # logits from the left neighbour and the position
+        left = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)
+        return table[left] + torch.randn(ids.shape[1], V, generator=torch.Generator().manual_seed(7))[None] * 0.5
+
+    prompt = torch.randint(0, MASK, (1, prompt_len), generator=g)
+    want, want_steps, want_calls = _llada_port(model, prompt, steps, 16, 8, MASK)
+    got_steps = []
+    got, stats = generate(model, mask_id=MASK, batch_size=1, seq_len=prompt_len + 16, steps=steps, strategy="topk",
+                          temperature=0.0, prefix=prompt[0].tolist(), block_length=8, banned_ids=[], progress=False,
+                          return_stats=True, on_step=lambda k, ids, rev: got_steps.append(rev[0].nonzero()[:, 0].tolist()))
+    assert got_steps == want_steps
+    assert stats.calls == want_calls == steps
+    assert torch.equal(got, want)
