@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BACKENDS", "available_backends", "resolve_backend", "register_backend"]
+__all__ = ["available_backends", "backend_names", "resolve_backend", "register_backend"]
 
 # name -> (loader returning the module or None if unavailable, devices it supports)
 _LOADERS: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {}
@@ -24,8 +24,15 @@ _CACHE: dict[str, Any] = {}
 
 
 def register_backend(name: str, loader: Callable[[], Any], devices: tuple[str, ...]) -> None:
-    """Register a backend ``loader`` (returns the implementation, or None if unavailable)."""
-    _LOADERS[name] = (loader, devices)
+    """Register a backend: ``loader()`` returns the implementation (an object with the functions
+    ``spindle_mask``, ``sample`` and ``topk_unmask`` of :mod:`dbert_kernels.reference`'s
+    signatures), or None when it cannot run here; ``devices``: the device types it takes
+    (``"cpu"``, ``"cuda"``). ``backend=name`` then selects it in every op and in ``generate``."""
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"a backend name must be a non-empty string other than 'auto', got {name!r}")
+    if isinstance(devices, str) or not devices or not all(isinstance(d, str) for d in devices):
+        raise ValueError(f"devices must be a tuple of device types such as ('cpu',), got {devices!r}")
+    _LOADERS[name] = (loader, tuple(devices))
     _CACHE.pop(name, None)
 
 
@@ -60,8 +67,10 @@ register_backend(
     "triton", _triton, ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else ("cuda",)
 )
 
-#: Names accepted by every ``backend=`` argument.
-BACKENDS = ("auto", "reference", "triton", "native")
+def backend_names() -> tuple[str, ...]:
+    """Names accepted by every ``backend=`` argument: ``"auto"`` and the registered backends."""
+    return ("auto", *_LOADERS)
+
 
 # Preference order of "auto" per device type.
 _AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("native", "reference")}
@@ -75,8 +84,8 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 def resolve_backend(backend: str, device: torch.device) -> tuple[str, Any]:
     """The (name, implementation) that runs ``backend`` for tensors on ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in backend_names():
+        raise ValueError(f"backend must be one of {backend_names()}, got {backend!r}")
     dev = device.type
     if backend == "auto":
         for name in _AUTO_ORDER.get(dev, ("reference",)):

@@ -2,7 +2,7 @@
 
 Each op has the same semantics on every backend (see :mod:`dbert_kernels.reference`); ``backend``
 is ``"auto"`` (Triton for CUDA tensors, native C++ for CPU tensors when built, else the
-reference), or a name from :data:`dbert_kernels.backends.BACKENDS` to force one.
+reference), or a name from :func:`dbert_kernels.backends.backend_names` to force one.
 """
 
 from __future__ import annotations

@@ -19,30 +19,18 @@ every backend, and the posterior's reveal decisions do not depend on the denoise
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ._validation import IdsLike, check_ids_in_range, check_seed, check_token_id, default_banned
-from .cache import BlockCache
+from .cache import CACHE_MODES, BlockCache
 from .denoisers import Denoiser, as_denoiser
 from .schedules import Schedule
-from .strategies import (
-    STRATEGIES,
-    EntropyBoundStep,
-    PosteriorStep,
-    Sampling,
-    SpindlePosteriorStep,
-    StepState,
-    Strategy,
-    ThresholdStep,
-    TopKStep,
-    _check_measure,
-    _check_reveal,
-)
+from .strategies import DEFAULT_STRATEGY, OPTIONS, STRATEGIES, Sampling, StepState, Strategy, make_strategy
 
-__all__ = ["generate", "build_template", "make_strategy", "GenerateStats"]
+__all__ = ["generate", "build_template", "GenerateStats"]
 
 
 def build_template(
@@ -124,38 +112,6 @@ class GenerateStats:
         return self.rows_forwarded / batch_size
 
 
-def make_strategy(
-    strategy: str | Strategy,
-    schedule: Schedule,
-    *,
-    token_info: torch.Tensor | None = None,
-    reveal: str = "exact",
-    special_ids: IdsLike = None,
-    gumbel_temperature: float = 0.0,
-    confidence: str = "prob",
-    threshold: float = 0.9,
-    gamma: float = 0.1,
-    min_per_step: int = 1,
-    max_per_step: int | None = None,
-) -> Strategy:
-    """The :class:`~dbert_kernels.strategies.Strategy` named by ``strategy`` (see :func:`generate`)."""
-    if isinstance(strategy, Strategy):
-        return strategy
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES} or a Strategy, got {strategy!r}")
-    if token_info is not None and strategy != "posterior":
-        raise ValueError("token_info needs strategy='posterior' and a spindle schedule (spindle_lambda > 0)")
-    if strategy == "posterior":
-        if token_info is None:
-            return PosteriorStep(schedule)
-        return SpindlePosteriorStep(schedule, token_info, reveal=reveal, special_ids=special_ids)
-    if strategy == "topk":
-        return TopKStep(schedule, gumbel_temperature=gumbel_temperature, confidence=confidence)
-    if strategy == "threshold":
-        return ThresholdStep(threshold, min_per_step=min_per_step, max_per_step=max_per_step, confidence=confidence)
-    return EntropyBoundStep(gamma, min_per_step=min_per_step, max_per_step=max_per_step)
-
-
 def _blocks(ids: torch.Tensor, mask_id: int, block_length: int | None) -> list[tuple[int, int]]:
     """The decoding blocks ``[start, end)`` of the template ``ids``: laid from the first position
     that a row leaves masked (the end of the prompt / fixed prefix), ``block_length`` wide (None:
@@ -170,22 +126,31 @@ def _blocks(ids: torch.Tensor, mask_id: int, block_length: int | None) -> list[t
 
 
 class _Ask:
-    """Calls the denoiser for the rows a step needs; counts calls; runs the block cache."""
+    """Calls the denoiser for the rows a step needs; counts calls; runs the block cache and
+    classifier-free guidance."""
 
-    def __init__(self, den: Denoiser, stats: GenerateStats, cache: BlockCache | None) -> None:
+    def __init__(self, den: Denoiser, stats: GenerateStats, cache: BlockCache | None, *,
+                 prompt: torch.Tensor | None = None, cfg_scale: float = 0.0, mask_id: int = 0) -> None:
         self.den = den
         self.stats = stats
         self.cache = cache
+        self.prompt = prompt
+        self.cfg_scale = cfg_scale
+        self.mask_id = mask_id
 
     def __call__(self, ids: torch.Tensor, t: float, rows: torch.Tensor) -> torch.Tensor:
         batch = ids.shape[0]
         needed = rows.any(dim=1)
         if self.cache is not None and self.cache.needs_refresh():
-            needed = needed | (ids == self.cache.mask_id).any(dim=1)  # a refresh fills every live row
+            # a refresh fills every row that has masks left in the block (the others make no
+            # more calls in this block; the next block opens with a refresh)
+            needed = needed | (ids[:, self.cache.start:self.cache.end] == self.cache.mask_id).any(dim=1)
         sel = None if bool(needed.all()) else needed.nonzero().squeeze(1)
         sub_ids, sub_rows = (ids, rows) if sel is None else (ids[sel], rows[sel])
         t_rows = torch.full((sub_ids.shape[0],), t, dtype=torch.float32, device=ids.device)
         self.stats.calls += 1
+        if self.cfg_scale:
+            return self._guided(sub_ids, t_rows, sub_rows, sel)
         self.stats.rows_forwarded += sub_ids.shape[0]
         if self.cache is None:
             self.stats.positions_forwarded += sub_ids.numel()
@@ -194,6 +159,20 @@ class _Ask:
         self.stats.positions_forwarded += sub_ids.shape[0] * (end - start)
         batch_rows = torch.arange(batch, device=ids.device) if sel is None else sel
         return _checked(self.den.cached_logits(sub_ids, t_rows, sub_rows, self.cache, batch_rows), sub_rows)
+
+    def _guided(self, ids: torch.Tensor, t_rows: torch.Tensor, rows: torch.Tensor,
+                sel: torch.Tensor | None) -> torch.Tensor:
+        """LLaDA's classifier-free guidance: the same call also runs a copy whose prompt is
+        masked, and the logits are ``u + (cfg_scale + 1) (c - u)``."""
+        prompt = self.prompt if sel is None else self.prompt[sel]
+        unconditional = ids.masked_fill(prompt, self.mask_id)
+        both = torch.cat([ids, unconditional])
+        both_rows = torch.cat([rows, rows])
+        self.stats.rows_forwarded += both.shape[0]
+        self.stats.positions_forwarded += both.numel()
+        logits = _checked(self.den(both, t=torch.cat([t_rows, t_rows]), rows=both_rows), both_rows)
+        cond, uncond = logits.chunk(2)
+        return uncond + (self.cfg_scale + 1) * (cond - uncond)
 
 
 def _checked(logits: Any, rows: torch.Tensor) -> torch.Tensor:
@@ -227,6 +206,10 @@ def _stop_early(ids: torch.Tensor, mask_id: int, stop: torch.Tensor, pad_id: int
         ids.masked_fill_(fill, pad_id)
 
 
+#: The flat keywords of :func:`generate` that build its :class:`Sampling` (defaults: its fields').
+SAMPLING_KEYWORDS = ("temperature", "top_k", "top_p", "banned_ids", "seed", "backend")
+
+
 @torch.no_grad()
 def generate(
     denoiser: Any,
@@ -236,66 +219,62 @@ def generate(
     seq_len: int = 64,
     steps: int = 16,
     schedule: Schedule | None = None,
-    strategy: str | Strategy = "posterior",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    gumbel_temperature: float = 0.0,
-    banned_ids: IdsLike = None,
+    strategy: str | Strategy = DEFAULT_STRATEGY,
+    sampling: Sampling | None = None,
     prefix: torch.Tensor | Sequence[int] | None = None,
     fixed: torch.Tensor | None = None,
     token_info: torch.Tensor | None = None,
-    reveal: str = "exact",
-    special_ids: IdsLike = None,
-    confidence: str = "prob",
-    threshold: float = 0.9,
-    gamma: float = 0.1,
-    min_per_step: int = 1,
-    max_per_step: int | None = None,
     block_length: int | None = None,
+    cfg_scale: float = 0.0,
     stop_ids: IdsLike = None,
     pad_id: int | None = None,
     cache: str | None = None,
     refresh_every: int | None = None,
-    seed: int = 0,
     progress: bool = True,
-    backend: str = "auto",
     device: torch.device | str | None = None,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     return_stats: bool = False,
+    **options: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, GenerateStats]:
     """Generate ``[batch_size, seq_len]`` token ids by the reverse diffusion process.
+
+    Two objects say how to decode: ``sampling`` (a :class:`~dbert_kernels.strategies.Sampling`:
+    how a token is drawn) and ``strategy`` (which positions each step reveals). The flat keywords
+    in ``options`` are a convenience that builds them: ``temperature``, ``top_k``, ``top_p``,
+    ``banned_ids``, ``seed``, ``backend`` build the :class:`Sampling` (not with ``sampling=``);
+    the strategy hyper-parameters (:data:`~dbert_kernels.strategies.OPTIONS`: ``threshold``,
+    ``gamma``, ``confidence``, ``scores``, ``counts``, ``order``, ``factor``, ``min_per_step``,
+    ``max_per_step``, ``gumbel_temperature``, ``reveal``, ``special_ids``) build the strategy
+    named by ``strategy`` (not with a :class:`Strategy` object). An option the strategy does not
+    take is refused.
 
     Args:
         denoiser: a :class:`~dbert_kernels.denoisers.Denoiser` (the project's ``DiffusionBert``
             is one), a Hugging Face masked LM, or a callable ``ids [B, L] -> logits [B, L, V]``
             (see :func:`as_denoiser`).
-        mask_id: the ``[MASK]`` id.
-        steps: denoising steps (>= 1); for the adaptive strategies (``threshold``,
-            ``entropy_bound``) an upper bound on the denoiser calls. With blocks, the steps are
-            shared out over the blocks that hold masked positions (``steps >=`` their number).
+        mask_id: the ``[MASK]`` id (always banned).
+        steps: denoising steps (>= 1); for the adaptive strategies an upper bound on the
+            denoiser calls. With blocks, the steps are shared out over the blocks that hold
+            masked positions (``steps >=`` their number), the remainder one each to the first.
         schedule: noise schedule (default: linear D3PM).
-        strategy: ``"posterior"``, ``"topk"``, ``"threshold"``, ``"entropy_bound"`` or a
-            :class:`~dbert_kernels.strategies.Strategy` (see :mod:`dbert_kernels.strategies`).
-        temperature, top_k, top_p, banned_ids: as in :func:`~dbert_kernels.sample_absorbing`
-            (``mask_id`` is always banned).
-        gumbel_temperature: Gumbel noise on the confidence for ``strategy="topk"``.
+        strategy: a name registered in :data:`~dbert_kernels.strategies.STRATEGIES`
+            (``"posterior"``, ``"topk"``, ``"threshold"``, ``"factor"``, ``"entropy_bound"``,
+            the presets ``"llada"``, ``"fast-dllm"``, ``"fast-dllm-factor"``, ``"eb-sampler"``,
+            or one registered with :func:`~dbert_kernels.register_strategy`) or a
+            :class:`~dbert_kernels.strategies.Strategy` object.
+        sampling: how tokens are drawn (default: ``Sampling()``: temperature 1, full vocabulary,
+            seed 0, backend ``"auto"``).
         prefix, fixed: tokens to condition on (:func:`build_template`); never changed.
         token_info: ``[V]`` token information of a spindle ``schedule`` (``strategy="posterior"``):
             reveal probabilities then follow the per-token spindle keep probability
-            (:class:`~dbert_kernels.strategies.SpindlePosteriorStep`); None: the sentence-level
-            alphabar.
-        reveal: with ``token_info``: ``"exact"`` (the per-token posterior) or ``"authors"`` (the
-            authors' released sampler's rule).
-        special_ids: with ``token_info``: ids kept out of the spindle sentence mean (default:
-            ``banned_ids``).
-        confidence: ``"prob"``, ``"margin"`` or ``"neg_entropy"`` (``topk`` and ``threshold``).
-        threshold: ``strategy="threshold"``: reveal confidences above this, in (0, 1].
-        gamma: ``strategy="entropy_bound"``: the entropy bound (nats, > 0).
-        min_per_step, max_per_step: reveal bounds per row and step of the adaptive strategies.
+            (:class:`~dbert_kernels.strategies.SpindlePosteriorStep`; its ``special_ids``
+            default to the banned ids); None: the sentence-level alphabar.
         block_length: decode left-to-right blocks of this many positions, each to completion
             before the next opens, laid from the first masked position (the end of the prompt /
             fixed prefix), as LLaDA and Fast-dLLM lay them (None: one block to the end).
+        cfg_scale: classifier-free guidance as in LLaDA (0: off): every call also runs a copy
+            of the rows with the template's given tokens (the prompt) masked, and the logits are
+            ``u + (cfg_scale + 1) (c - u)``. Not with ``cache``.
         stop_ids: ids that end a row (e.g. ``[SEP]``); a row whose first stop id has nothing
             masked before it gets its remaining masks filled with ``pad_id`` and no more calls
             (counted in the stats). None: off.
@@ -307,9 +286,7 @@ def generate(
             a cache (``supports_cache``) and ``block_length``. None: off.
         refresh_every: with ``cache``: recompute the cache every this many calls (1: every
             call, which equals no cache exactly). None: once per block.
-        seed: Philox seed; the global step index is the counter offset.
         progress: show a progress bar over the steps.
-        backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"native"`` for the sampling ops.
         device: where the ids live (default: the device of ``fixed`` / ``prefix`` when they are
             tensors, else the denoiser's ``device``, else the CPU).
         on_step: called after every step as ``on_step(step, ids, revealed)`` (``revealed``:
@@ -319,9 +296,8 @@ def generate(
     Options are checked before any call: ids must be integers (a float or bool ``prefix`` /
     ``fixed`` is a TypeError), ``mask_id``, ``pad_id`` and ``stop_ids`` must lie in the
     vocabulary, and an option that the rest of the call would ignore is refused rather than
-    dropped (``confidence`` other than ``"prob"`` with the posterior or the entropy bound,
-    ``reveal`` other than ``"exact"`` without ``token_info``, ``refresh_every`` without
-    ``cache``, ``cache`` without ``block_length``, ``pad_id`` without ``stop_ids``).
+    dropped (a hyper-parameter the strategy does not take, ``refresh_every`` without ``cache``,
+    ``cache`` without ``block_length``, ``pad_id`` without ``stop_ids``).
 
     Returns:
         ``[batch_size, seq_len]`` int64 ids with no ``mask_id`` left; with ``return_stats``,
@@ -330,26 +306,20 @@ def generate(
     _check_positive_int(batch_size, "batch_size")
     _check_positive_int(seq_len, "seq_len")
     _check_positive_int(steps, "steps")
-    check_seed(seed)
     check_token_id(mask_id, None, "mask_id")
-    _check_unused_options(strategy, token_info, reveal, confidence, cache, block_length, refresh_every, stop_ids,
-                          pad_id, mask_id)
+    sampling = _sampling(sampling, options, mask_id)
+    check_seed(sampling.seed)
+    _check_unused_options(cache, block_length, refresh_every, stop_ids, pad_id, mask_id, cfg_scale)
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}: no CUDA GPU is available (use device='cpu' or leave it None)")
     schedule = schedule or Schedule()
-    if special_ids is None:
-        special_ids = banned_ids
-    rule = make_strategy(
-        strategy, schedule, token_info=token_info, reveal=reveal, special_ids=special_ids,
-        gumbel_temperature=gumbel_temperature, confidence=confidence, threshold=threshold, gamma=gamma,
-        min_per_step=min_per_step, max_per_step=max_per_step,
-    )
+    if strategy == "posterior" and token_info is not None and "special_ids" not in options:
+        options["special_ids"] = sampling.banned_ids
+    rule = make_strategy(strategy, schedule, token_info=token_info, **options)
     if block_length is not None:
         _check_positive_int(block_length, "block_length")
     if refresh_every is not None:
         _check_positive_int(refresh_every, "refresh_every")
-    if stop_ids is not None and pad_id is None:
-        raise ValueError("stop_ids needs pad_id (the id that fills a row after its stop id)")
     den = as_denoiser(denoiser)
     kv = None
     if cache is not None:
@@ -375,13 +345,11 @@ def generate(
             check_token_id(pad_id, vocab, "pad_id")
         if stop_ids is not None:
             check_ids_in_range(torch.as_tensor(list(stop_ids), dtype=torch.int64), vocab, "stop_ids")
-        banned_ids = default_banned(banned_ids, vocab)
+        sampling = replace(sampling, banned_ids=default_banned(sampling.banned_ids, vocab))
         check_ids_in_range(ids, vocab, "the fixed / prefix ids")
-    sampling = Sampling(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                        banned_ids=banned_ids, seed=seed, backend=backend)
     stop = None if stop_ids is None else torch.as_tensor(list(stop_ids), dtype=torch.int64, device=ids.device)
     stats = GenerateStats()
-    ask = _Ask(den, stats, kv)
+    ask = _Ask(den, stats, kv, prompt=ids != mask_id, cfg_scale=float(cfg_scale), mask_id=mask_id)
     share = [steps // len(blocks) + (1 if i < steps % len(blocks) else 0) for i in range(len(blocks))]
     steps = sum(share)  # 0 when nothing is masked
     pos = torch.arange(seq_len, device=ids.device)
@@ -399,7 +367,7 @@ def generate(
                 if not bool(in_play.any()):
                     break
                 state = StepState(ids=ids, in_play=in_play, n_free=n_free, t=grid[k], s=grid[k + 1],
-                                  offset=offset + k, steps_left=budget - k, row_index=row_index)
+                                  offset=offset + k, steps_left=budget - k, row_index=row_index, budget=budget)
                 before = ids.clone()
                 ids = rule.step(state, ask, sampling)
                 if stop is not None:
@@ -418,30 +386,47 @@ def generate(
     return (ids, stats) if return_stats else ids
 
 
-def _check_unused_options(strategy: Any, token_info: Any, reveal: str, confidence: str, cache: str | None,
-                          block_length: int | None, refresh_every: int | None, stop_ids: IdsLike, pad_id: Any,
-                          mask_id: int) -> None:
+def _sampling(sampling: Sampling | None, options: dict[str, Any], mask_id: int) -> Sampling:
+    """The generation's :class:`Sampling`: ``sampling`` or one built from the flat keywords in
+    ``options`` (removed from it), with ``mask_id`` filled in."""
+    flat = {name: options.pop(name) for name in SAMPLING_KEYWORDS if name in options}
+    if sampling is None:
+        sampling = Sampling(**flat)
+    elif flat:
+        raise TypeError(f"pass {sorted(flat)} in sampling=Sampling(...) or as keywords, not both")
+    elif not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a dbert_kernels.Sampling, got {type(sampling).__name__}")
+    unknown = [name for name in options if name not in OPTIONS]
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword arguments {unknown}; sampling keywords: "
+                        f"{SAMPLING_KEYWORDS}, strategy options: {tuple(OPTIONS)}, strategies: {tuple(STRATEGIES)}")
+    if sampling.mask_id is not None and sampling.mask_id != mask_id:
+        raise ValueError(f"sampling.mask_id={sampling.mask_id} differs from mask_id={mask_id}")
+    return replace(sampling, mask_id=mask_id)
+
+
+def _check_unused_options(cache: str | None, block_length: int | None, refresh_every: int | None, stop_ids: IdsLike,
+                          pad_id: Any, mask_id: int, cfg_scale: float) -> None:
     """Refuse an option whose value the rest of the call would ignore, or whose value is not one of
-    its choices whatever the strategy, so that nothing asked for is dropped silently."""
-    _check_reveal(reveal)
-    _check_measure(confidence)
-    if isinstance(strategy, str):
-        if confidence != "prob" and strategy not in ("topk", "threshold"):
-            raise ValueError(f"confidence={confidence!r} is used only by strategy='topk' or 'threshold', "
-                             f"not {strategy!r}")
-        if reveal != "exact" and token_info is None:
-            raise ValueError(f"reveal={reveal!r} applies only to the spindle posterior (strategy='posterior' with "
-                             "token_info from a spindle schedule)")
+    its choices, so that nothing asked for is dropped silently."""
+    if cache is not None and cache not in CACHE_MODES:
+        raise ValueError(f"cache must be None or one of {CACHE_MODES}, got {cache!r}")
     if cache is not None and block_length is None:
         raise ValueError(f"cache={cache!r} needs block_length (the cache holds what lies outside the current block)")
     if refresh_every is not None and cache is None:
         raise ValueError("refresh_every is used only with a cache (cache='prefix' or 'dual')")
+    if stop_ids is not None and pad_id is None:
+        raise ValueError("stop_ids needs pad_id (the id that fills a row after its stop id)")
     if pad_id is not None:
         if stop_ids is None:
             raise ValueError("pad_id is used only with stop_ids (it fills a row after its stop id)")
         check_token_id(pad_id, None, "pad_id")
         if pad_id == mask_id:
             raise ValueError(f"pad_id must differ from mask_id ({mask_id}): the filled positions would stay masked")
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not (0 <= cfg_scale < float("inf")):
+        raise ValueError(f"cfg_scale must be a finite number >= 0 (0: no guidance), got {cfg_scale!r}")
+    if cfg_scale and cache is not None:
+        raise ValueError("cfg_scale does not combine with cache (the unconditional copy has no cache); pass one")
 
 
 class _NoBar:

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arch import Architecture, Loaded, StepLoss
+from dbert_kernels import Sampling
+
+from .arch import DEFAULT_SAMPLING, Architecture, Loaded, StepLoss
 from .data import EncodedSplit
 from .evaluate import whole_only
 from .settings import DiffusionSettings
@@ -190,10 +192,11 @@ def sample_ar(
     *,
     n: int = 4,
     seq_len: int | None = None,
-    top_k: int | None = 30,
-    temperature: float = 1.0,
-    seed: int = 0,
+    top_k: int | None = DEFAULT_SAMPLING.top_k,
+    temperature: float = DEFAULT_SAMPLING.temperature,
+    seed: int = DEFAULT_SAMPLING.seed,
     cache: str = "dynamic",
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """``[n, seq_len]`` int64 ids: ``[CLS]`` then ``seq_len - 1`` sampled tokens (KV cache).
 
@@ -224,7 +227,7 @@ def sample_ar(
         extra["cache_implementation"] = "static"
     sp = settings.special_ids
     gen = GenerationConfig(
-        do_sample=True, top_k=top_k or 0, top_p=1.0, temperature=temperature, max_new_tokens=seq_len - 1,
+        do_sample=True, top_k=top_k or 0, top_p=top_p or 1.0, temperature=temperature, max_new_tokens=seq_len - 1,
         # ``generate`` would fill an unset stop id from the model's config ([SEP]) and end rows
         # there: the stop id is [MASK], which is never sampled, so every row runs to seq_len.
         eos_token_id=sp["mask"], pad_token_id=sp["pad"], bos_token_id=sp["cls"],
@@ -314,12 +317,14 @@ class GPT2Architecture(Architecture):
         return res, (f"NLL {res['nll_per_sentence']:.2f} nats/sentence, {res['nats_per_word']:.3f} nats/word, "
                      f"PPL {res['perplexity']:.1f} (exact)")
 
-    def sample(self, model: Any, settings: DiffusionSettings, tokenizer: Any, *, n: int, seed: int = 0,
-               seq_len: int | None = None, top_k: int | None = 30, temperature: float = 1.0, steps: int = 32,
-               progress: bool = False, token_counts: torch.Tensor | None = None, **options: Any) -> tuple[torch.Tensor, Any]:
-        """:func:`sample_ar` (``steps`` and the diffusion decoding ``options`` do not apply; no statistics)."""
-        return sample_ar(model, settings, tokenizer, n=n, seq_len=seq_len, top_k=top_k, temperature=temperature,
-                         seed=seed), None
+    def sample(self, model: Any, settings: DiffusionSettings, tokenizer: Any, *, n: int,
+               sampling: Sampling = DEFAULT_SAMPLING, seq_len: int | None = None, steps: int = 32,
+               progress: bool = False, token_counts: torch.Tensor | None = None,
+               **options: Any) -> tuple[torch.Tensor, Any]:
+        """:func:`sample_ar` with ``sampling``'s temperature, top-k and seed (``steps`` and the
+        diffusion decoding ``options`` do not apply; no statistics)."""
+        return sample_ar(model, settings, tokenizer, n=n, seq_len=seq_len, top_k=sampling.top_k,
+                         temperature=sampling.temperature, seed=sampling.seed, top_p=sampling.top_p), None
 
     def perplexity(self, loaded: Any, split: EncodedSplit, *, batch_size: int, elbo_samples: int = 1, seed: int = 0,
                    progress: bool = False, backend: str = "auto") -> dict[str, float]:

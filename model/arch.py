@@ -32,10 +32,16 @@ from typing import Any
 
 import torch
 
+from dbert_kernels import Sampling
+
 __all__ = [
     "Architecture", "Loaded", "StepLoss", "register", "unregister", "get_architecture", "architecture_names",
     "architecture_of", "load_model", "DEFAULT_ARCHITECTURE",
 ]
+
+#: How the CLI, training's sample lines and the architectures draw tokens unless told otherwise:
+#: the paper's top-k 30 at temperature 1.
+DEFAULT_SAMPLING = Sampling(top_k=30)
 
 #: The architecture of a checkpoint that no other registered architecture claims (older checkpoints).
 DEFAULT_ARCHITECTURE = "diffusion"
@@ -141,12 +147,13 @@ class Architecture:
         raise NotImplementedError
 
     # -- generation and evaluation ------------------------------------------------------------
-    def sample(self, model: Any, settings: Any, tokenizer: Any, *, n: int, seed: int = 0, seq_len: int | None = None,
-               top_k: int | None = 30, temperature: float = 1.0, steps: int = 32, progress: bool = False,
+    def sample(self, model: Any, settings: Any, tokenizer: Any, *, n: int, sampling: Sampling = DEFAULT_SAMPLING,
+               seq_len: int | None = None, steps: int = 32, progress: bool = False,
                token_counts: torch.Tensor | None = None, **options: Any) -> tuple[torch.Tensor, Any]:
         """``[n, seq_len]`` ids starting with ``[CLS]`` (read by :func:`dbert_model.generation.decode`)
-        and the sampler's statistics (None when it has none). ``options``: family-specific
-        decoding options (a family ignores the ones it has no use for)."""
+        and the sampler's statistics (None when it has none). ``sampling``: how tokens are drawn
+        (temperature, top-k, top-p, seed; a family uses what applies to it); ``options``:
+        family-specific decoding options (a family ignores the ones it has no use for)."""
         raise NotImplementedError
 
     def perplexity(self, loaded: Any, split: Any, *, batch_size: int, elbo_samples: int = 1, seed: int = 0,

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from .arch import Architecture, StepLoss
+from dbert_kernels import Sampling
+
+from .arch import DEFAULT_SAMPLING, Architecture, StepLoss
 
 __all__ = ["DiffusionBertArchitecture", "init_source"]
 
@@ -92,13 +94,13 @@ class DiffusionBertArchitecture(Architecture):
         return res, (f"NELBO {res['nelbo_per_sentence']:.2f} nats/sentence, {res['nats_per_word']:.3f} nats/word, "
                      f"PPL <= {res['perplexity']:.1f}")
 
-    def sample(self, model: Any, settings: Any, tokenizer: Any, *, n: int, seed: int = 0, seq_len: int | None = None,
-               top_k: int | None = 30, temperature: float = 1.0, steps: int = 32, progress: bool = False,
+    def sample(self, model: Any, settings: Any, tokenizer: Any, *, n: int, sampling: Sampling = DEFAULT_SAMPLING,
+               seq_len: int | None = None, steps: int = 32, progress: bool = False,
                token_counts: torch.Tensor | None = None, **options: Any) -> tuple[torch.Tensor, Any]:
         """The reverse process (:func:`dbert_model.generation.sample_ids`). ``token_counts`` (a
         checkpoint's): with a spindle schedule, reveal with the per-token schedule unless
-        ``sentence_level``; ``options``: ``strategy``, ``top_p``, ``reveal``, ``early_stop``,
-        ``backend``, ``on_step`` and the other keyword arguments of :func:`dbert_kernels.generate`."""
+        ``sentence_level``; ``options``: ``strategy``, ``early_stop``, ``on_step``, the strategy's
+        options and the other keyword arguments of :func:`dbert_kernels.generate`."""
         from dbert_kernels import token_information
 
         from .generation import sample_ids
@@ -111,8 +113,8 @@ class DiffusionBertArchitecture(Architecture):
         info = None
         if token_counts is not None and settings.build_schedule().is_spindle and not sentence_level:
             info = token_information(token_counts, settings.spindle_form).to(next(model.parameters()).device)
-        return sample_ids(model, settings, tokenizer, n=n, steps=steps, seq_len=seq_len, temperature=temperature,
-                          top_k=top_k, token_info=info, seed=seed, progress=progress, return_stats=True, **options)
+        return sample_ids(model, settings, tokenizer, n=n, steps=steps, seq_len=seq_len, sampling=sampling,
+                          token_info=info, progress=progress, return_stats=True, **options)
 
     def perplexity(self, loaded: Any, split: Any, *, batch_size: int, elbo_samples: int = 1, seed: int = 0,
                    progress: bool = False, backend: str = "auto") -> dict[str, float]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from dbert_kernels import generate
+from dbert_kernels import DEFAULT_STRATEGY, Sampling, Strategy, generate
+from dbert_kernels.sampler import SAMPLING_KEYWORDS
 
 from .network import DiffusionBert
 from .settings import DiffusionSettings
@@ -33,31 +35,29 @@ def sample_ids(
     n: int = 4,
     steps: int = 64,
     seq_len: int | None = None,
-    strategy: str = "posterior",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    strategy: str | Strategy = DEFAULT_STRATEGY,
+    sampling: Sampling | None = None,
     token_info: torch.Tensor | None = None,
-    reveal: str = "exact",
     early_stop: bool = False,
-    seed: int = 0,
     progress: bool = True,
-    backend: str = "auto",
     **options: Any,
 ) -> Any:
     """``[n, seq_len]`` ids generated from all ``[MASK]`` (position 0 fixed to ``[CLS]``).
 
     ``model``: a :class:`DiffusionBert` (put in eval mode for the call) or any
-    :class:`dbert_kernels.Denoiser` wrapping one.
+    :class:`dbert_kernels.Denoiser` wrapping one. ``sampling``: how tokens are drawn (its
+    ``banned_ids`` are replaced by :func:`banned_ids`); the flat sampling keywords of
+    :func:`dbert_kernels.generate` (``temperature``, ``top_k``, ``top_p``, ``seed``, ``backend``)
+    build one instead.
 
     ``seq_len`` defaults to the training length ``settings.max_len``. ``token_info`` (the
     checkpoint's ``LoadedModel.token_info()``): with a spindle schedule and
     ``strategy="posterior"``, reveal with the per-token spindle schedule the model was trained
-    with (``reveal="exact"``: the exact per-token posterior; ``"authors"``: the authors' rule);
-    ``[CLS]``, ``[SEP]``, ``[PAD]`` and the banned ids stay out of the spindle mean.
+    with; ``[CLS]``, ``[SEP]``, ``[PAD]`` and the banned ids stay out of the spindle mean.
     ``early_stop``: a row whose ``[SEP]`` has nothing masked before it is filled with ``[PAD]``
     and needs no more calls. ``options``: further keyword arguments of
-    :func:`dbert_kernels.generate` (``threshold``, ``block_length``, ``cache``, ``return_stats``...).
+    :func:`dbert_kernels.generate` (the strategy's options such as ``threshold`` or ``reveal``,
+    ``block_length``, ``cache``, ``return_stats``...).
     """
     seq_len = seq_len or settings.max_len
     sp = settings.special_ids
@@ -65,7 +65,12 @@ def sample_ids(
     fixed[0] = sp["cls"]
     schedule = settings.build_schedule()
     banned = banned_ids(tokenizer, settings)
-    use_info = token_info if (schedule.is_spindle and strategy == "posterior") else None
+    flat = {name: options.pop(name) for name in SAMPLING_KEYWORDS if name in options}
+    if sampling is not None and flat:
+        raise TypeError(f"pass {sorted(flat)} in sampling=Sampling(...) or as keywords, not both")
+    sampling = replace(sampling or Sampling(**flat), banned_ids=banned)
+    if schedule.is_spindle and strategy == "posterior" and token_info is not None:
+        options.update(token_info=token_info, special_ids=sorted({sp["cls"], sp["sep"], sp["pad"], *banned}))
     if early_stop:
         options.update(stop_ids=[sp["sep"]], pad_id=sp["pad"])
     was_training = getattr(model, "training", False)  # a wrapper around the network has no modes
@@ -74,9 +79,7 @@ def sample_ids(
     try:
         return generate(
             model, mask_id=sp["mask"], batch_size=n, seq_len=seq_len, steps=steps, schedule=schedule,
-            strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, banned_ids=banned,
-            token_info=use_info, reveal=reveal, special_ids=sorted({sp["cls"], sp["sep"], sp["pad"], *banned}),
-            fixed=fixed.to(model.device), seed=seed, progress=progress, backend=backend, **options,
+            strategy=strategy, sampling=sampling, fixed=fixed.to(model.device), progress=progress, **options,
         )
     finally:
         if was_training:

@@ -27,7 +27,11 @@ def test_generate_threshold_blocks_cache_show_steps(checkpoint, capsys) -> None:
     steps = [line for line in captured.out.splitlines() if line.startswith("step ")]
     assert steps and "*" in steps[0] and "_" in steps[0]
     assert "denoiser calls (at most 8)" in captured.err
-    assert main([*args[:-4], "--reveal", "authors", "--strategy", "posterior"]) == 0
+    posterior = ["generate", "--model", checkpoint, "-n", "2", "--steps", "8", "--no-progress", "--block-length", "5",
+                 "--cache", "dual", "--reveal", "authors", "--strategy", "posterior"]
+    assert main(posterior) == 0
+    assert main([*posterior, "--threshold", "0.9"]) == 2  # the posterior takes no threshold
+    assert "does not use threshold" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

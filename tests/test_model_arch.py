@@ -18,6 +18,7 @@ from torch import nn
 
 from dbert_model import DiffusionSettings, TrainConfig, train
 from dbert_model.arch import (
+    DEFAULT_SAMPLING,
     Architecture,
     StepLoss,
     architecture_names,
@@ -90,10 +91,11 @@ class ToyArchitecture(Architecture):
         return res, f"toy PPL {res['perplexity']:.1f}"
 
     @torch.no_grad()
-    def sample(self, model, settings, tokenizer, *, n, seed=0, seq_len=None, top_k=30, temperature=1.0, steps=32,
+    def sample(self, model, settings, tokenizer, *, n, sampling=DEFAULT_SAMPLING, seq_len=None, steps=32,
                progress=False, token_counts=None, **options):
         sp = settings.special_ids
-        gen = torch.Generator().manual_seed(seed)
+        temperature = sampling.temperature
+        gen = torch.Generator().manual_seed(sampling.seed)
         ids = torch.full((n, seq_len or settings.max_len), sp["cls"], dtype=torch.int64)
         for i in range(1, ids.shape[1]):
             logits = model(ids[:, i - 1]).float() / temperature

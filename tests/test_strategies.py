@@ -42,15 +42,17 @@ def test_threshold_count_follows_its_rule():
     assert ThresholdStep(0.05, max_per_step=2).count(score, _state(in_play)).tolist() == [2, 2]
     # the budget wins: 4 and 5 masked with 2 calls left -> at least 2 and 3
     assert ThresholdStep(0.9, max_per_step=1).count(score, _state(in_play, steps_left=2)).tolist() == [2, 3]
-    assert ThresholdStep(1.0).count(torch.ones(2, 5), _state(in_play)).tolist() == [1, 1]  # strictly above
+    # at least the threshold passes, as in Fast-dLLM (it drops confidences strictly below)
+    assert ThresholdStep(1.0).count(torch.ones(2, 5), _state(in_play)).tolist() == [4, 5]
+    assert ThresholdStep(1.0).count(torch.full((2, 5), 0.999), _state(in_play)).tolist() == [1, 1]
 
 
 def test_entropy_bound_count_follows_its_rule():
     in_play = torch.tensor([[True, True, True, True, True, False]])
-    entropy = torch.tensor([[0.30, 0.05, 2.0, 0.10, 0.5, 0.0]])
-    # sorted in play: .05 .10 .30 .5 2.0; entropy strictly before each: 0 .05 .15 .45 .95
+    entropy = torch.tensor([[0.25, 0.0625, 2.0, 0.125, 0.5, 0.0]])  # binary fractions: sums without rounding
+    # sorted in play: 1/16 1/8 1/4 1/2 2; the sum minus the largest: 0 1/16 3/16 7/16 15/16
     assert EntropyBoundStep(0.2).count(entropy, _state(in_play)).tolist() == [3]
-    assert EntropyBoundStep(0.05).count(entropy, _state(in_play)).tolist() == [2]
+    assert EntropyBoundStep(0.0625).count(entropy, _state(in_play)).tolist() == [2]
     assert EntropyBoundStep(0.01).count(entropy, _state(in_play)).tolist() == [1]
     assert EntropyBoundStep(1.0).count(entropy, _state(in_play)).tolist() == [5]
     assert EntropyBoundStep(1.0, max_per_step=2).count(entropy, _state(in_play)).tolist() == [2]
@@ -94,7 +96,7 @@ def test_entropy_bound_never_leaves_mask_and_counts_calls():
 @pytest.mark.parametrize("strategy", ["topk", "threshold"])
 def test_confidence_measures_run_and_fill(strategy, confidence):
     kw = dict(mask_id=MASK, batch_size=2, seq_len=16, steps=5, strategy=strategy, confidence=confidence,
-              banned_ids=BANNED, progress=False, seed=3, threshold=0.5)
+              banned_ids=BANNED, progress=False, seed=3, **({"threshold": 0.5} if strategy == "threshold" else {}))
     out = generate(_den(), **kw)
     assert not bool(torch.isin(out, torch.tensor(BANNED)).any())
     assert torch.equal(out, generate(_den(), **kw))
@@ -339,8 +341,8 @@ def test_cache_equals_no_cache_when_refreshed_every_call_or_whole(maker, mode, s
     model = _hf_bert() if maker == "hf" else _tiny_bert(maker)
     mask = MASK if maker == "hf" else 3
     banned = BANNED if maker == "hf" else [0, 1, 2, 3]
-    kw = dict(mask_id=mask, batch_size=3, seq_len=12, steps=8, strategy=strategy, threshold=0.3,
-              banned_ids=banned, progress=False, seed=4)
+    kw = dict(mask_id=mask, batch_size=3, seq_len=12, steps=8, strategy=strategy, banned_ids=banned, progress=False,
+              seed=4, **({"threshold": 0.3} if strategy == "threshold" else {}))
     plain, s0 = generate(model, block_length=4, return_stats=True, **kw)
     fresh, s1 = generate(model, block_length=4, cache=mode, refresh_every=1, return_stats=True, **kw)
     assert torch.equal(plain, fresh) and s0.calls == s1.calls
