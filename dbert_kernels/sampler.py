@@ -19,7 +19,7 @@ every backend, and the posterior's reveal decisions do not depend on the denoise
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from .denoisers import Denoiser, as_denoiser
 from .schedules import Schedule
 from .strategies import DEFAULT_STRATEGY, OPTIONS, STRATEGIES, Sampling, StepState, Strategy, make_strategy
 
-__all__ = ["generate", "build_template", "GenerateStats"]
+__all__ = ["generate", "build_template", "GenerateStats", "SAMPLING_KEYWORDS"]
 
 
 def build_template(
@@ -206,8 +206,8 @@ def _stop_early(ids: torch.Tensor, mask_id: int, stop: torch.Tensor, pad_id: int
         ids.masked_fill_(fill, pad_id)
 
 
-#: The flat keywords of :func:`generate` that build its :class:`Sampling` (defaults: its fields').
-SAMPLING_KEYWORDS = ("temperature", "top_k", "top_p", "banned_ids", "seed", "backend")
+#: The flat keywords of :func:`generate` that build its :class:`Sampling`: its fields but ``mask_id``.
+SAMPLING_KEYWORDS = tuple(f.name for f in fields(Sampling) if f.name != "mask_id")
 
 
 @torch.no_grad()

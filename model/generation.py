@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from dbert_kernels import DEFAULT_STRATEGY, Sampling, Strategy, generate
-from dbert_kernels.sampler import SAMPLING_KEYWORDS
+from dbert_kernels import DEFAULT_STRATEGY, SAMPLING_KEYWORDS, Sampling, Strategy, generate
 
 from .network import DiffusionBert
 from .settings import DiffusionSettings
