@@ -1,9 +1,17 @@
 """CPU denoising step: model time vs sampling time, naive / reference / native, and end to end.
 
-Run (from the repository root; writes ``bench/results/native_step_cpu.json`` and prints tables):
+Run (from the repository root; prints tables and writes ``runs/bench/native_step_cpu.json``, which
+git ignores; the committed results in ``bench/results/`` are only written with an explicit
+``--out bench/results/...``):
 
-    python -m bench.native_step            # full: ~10 minutes on 2 idle cores
-    python -m bench.native_step --quick    # smoke test, seconds (numbers are meaningless)
+    python -m bench.native_step --threads 1   # full: 8.5 minutes at load average 4 to 7 on 2 cores
+    python -m bench.native_step --quick       # smoke test, seconds (numbers are meaningless)
+    python -m bench.native_step --threads 1 --sampling-only   # part 1's samplers only, about a minute
+
+Every CPU number depends on the instruction set the native kernels were built for and picked at
+load time: the JSON and the printed header name it (``native``), with the CPU model, its vector
+flags and the load average before and after each part (other jobs on the machine slow every
+column down, not necessarily alike).
 
 What it measures, side by side in one process (medians over repeats; randomly initialised
 weights, which is enough for timing):
@@ -12,7 +20,9 @@ weights, which is enough for timing):
    16 x 64 tokens: the encoder plus the LM head on every row, and the sampling of that step's
    [1024, V] logits by (a) the naive PyTorch way (softmax, then ``torch.multinomial``), (b) the
    reference backend, (c) the native backend; the sampling share of a step is
-   ``sample / (model + sample)``.
+   ``sample / (model + sample)``. The native backend is also timed with top-k = 30 and top-p =
+   0.9 against the same naive sampler, interleaved (each round runs every sampler once, in a
+   rotating order), with the per-round ratio naive / native.
 2. The LM head only on the masked rows (``HFMaskedLMDenoiser`` with ``rows=``) against all rows,
    for the number of rows a 16-step generation reveals per step.
 3. End to end: ``dbert_kernels.generate`` (posterior strategy, full-vocabulary sampling) at 8, 16,
@@ -41,12 +51,52 @@ from dbert_kernels import native
 from .timing import TimedDenoiser, time_calls
 
 MASK_ID = 103
-RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runs" / "bench" / "native_step_cpu.json"
+NAIVE = "naive (softmax + multinomial)"
+#: The native sampler's settings timed against the naive sampler (temperature 1, fp32 logits).
+NATIVE_SETTINGS: dict[str, dict[str, Any]] = {
+    "full vocabulary": {}, "top-k 30": {"top_k": 30}, "top-p 0.9": {"top_p": 0.9},
+}
+#: The CPU flags that decide which kernels run (printed with the CPU model).
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl")
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     stats = time_calls(lambda _inp, _i: fn(), [None], torch.device("cpu"), warmup=warmup, repeats=repeats)
     return stats.median_s, [stats.p10_s, stats.median_s, stats.p90_s]
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call over ``repeats`` rounds; each round calls every function once, the
+    order rotating from round to round, so that a change of the machine's load hits all alike."""
+    names = list(fns)
+    for name in names:  # warm-up
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(repeats):
+        for k in range(len(names)):
+            name = names[(rnd + k) % len(names)]
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU model and which of :data:`VECTOR_FLAGS` it has (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
+            model = value.strip()
+        elif key.strip() == "flags" and flags is None:
+            flags = set(value.split())
+    vector = None if flags is None else {f: f in flags for f in VECTOR_FLAGS}
+    return {"model": model, "vector_flags": vector}
 
 
 def build_models(layers: int, hidden: int, vocab: int, gpt_vocab: int) -> tuple[Any, Any]:
@@ -67,21 +117,45 @@ def build_models(layers: int, hidden: int, vocab: int, gpt_vocab: int) -> tuple[
 
 
 @torch.no_grad()
-def step_breakdown(bert: Any, batch: int, length: int, repeats: int, backends: list[str]) -> dict[str, Any]:
-    """Part 1 and 2: one step's model time against its sampling time."""
+def step_logits(bert: Any, batch: int, length: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The denoiser, the step's token ids (half of them masked) and its logits on all rows."""
     den = dk.HFMaskedLMDenoiser(bert)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, bert.config.vocab_size, (batch, length), generator=gen)
     ids[torch.rand(batch, length, generator=gen) < 0.5] = MASK_ID
+    return den, ids, den(ids, rows=torch.ones(batch, length, dtype=torch.bool))
+
+
+@torch.no_grad()
+def sampling_comparison(logits: torch.Tensor, repeats: int, backends: list[str],
+                        reference: bool = True) -> dict[str, Any]:
+    """The naive sampler against the native one in each of :data:`NATIVE_SETTINGS` (interleaved
+    rounds), then the reference backend at full vocabulary (when asked for and available)."""
+    load_before = os.getloadavg()
+    naive = lambda: torch.multinomial(torch.softmax(logits, dim=-1), 1)  # noqa: E731
+    samplers: dict[str, Callable[[], Any]] = {NAIVE: naive}
+    if "native" in backends:
+        for setting, opts in NATIVE_SETTINGS.items():
+            samplers[f"native {setting}"] = lambda opts=opts: dk.sample(logits, seed=1, backend="native", **opts)
+    rounds = interleaved_times(samplers, repeats)
+    sampling = {name: statistics.median(times) for name, times in rounds.items()}
+    speedup = {name: statistics.median(a / b for a, b in zip(rounds[NAIVE], times, strict=True))
+               for name, times in rounds.items() if name != NAIVE}
+    if reference and "reference" in backends:  # seconds per call here: two repeats are enough
+        sampling["reference full vocabulary"], _ = _median_time(
+            lambda: dk.sample(logits, seed=1, backend="reference"), min(repeats, 2))
+    return {"sampling_s": sampling, "naive_over_native": speedup, "sampling_rounds_s": rounds,
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+
+
+@torch.no_grad()
+def step_breakdown(bert: Any, batch: int, length: int, repeats: int, backends: list[str]) -> dict[str, Any]:
+    """Part 1 and 2: one step's model time against its sampling time."""
+    den, ids, logits = step_logits(bert, batch, length)
     all_rows = torch.ones(batch, length, dtype=torch.bool)
     model_s, _ = _median_time(lambda: den(ids, rows=all_rows), repeats)
-    logits = den(ids, rows=all_rows)
-    sampling: dict[str, float] = {}
-    naive = lambda: torch.multinomial(torch.softmax(logits, dim=-1), 1)  # noqa: E731
-    sampling["naive (softmax + multinomial)"], _ = _median_time(naive, repeats)
-    for name in backends:  # the reference takes seconds here: two repeats are enough
-        reps = min(repeats, 2) if name == "reference" else repeats
-        sampling[name], _ = _median_time(lambda name=name: dk.sample(logits, seed=1, backend=name), reps)
+    gen = torch.Generator().manual_seed(1)
+    sampling = sampling_comparison(logits, repeats, backends)
     # LM head only on the rows a 16-step generation reveals per step (about 1/16 of them)
     few = torch.zeros(batch * length, dtype=torch.bool)
     few[torch.randperm(batch * length, generator=gen)[: batch * length // 16]] = True
@@ -93,8 +167,8 @@ def step_breakdown(bert: Any, batch: int, length: int, repeats: int, backends: l
         "logits_mb": logits.numel() * logits.element_size() / 2**20,
         "model_all_rows_s": model_s, "encoder_only_s": encoder_s,
         "model_rows_per_16_step_s": masked_rows_s, "rows_per_16_step": int(few.sum()),
-        "sampling_s": sampling,
-        "sampling_share": {k: v / (model_s + v) for k, v in sampling.items()},
+        **sampling,
+        "sampling_share": {k: v / (model_s + v) for k, v in sampling["sampling_s"].items()},
     }
 
 
@@ -158,11 +232,35 @@ def end_to_end(bert: Any, gpt: Any, batch: int, length: int, steps_list: list[in
 
 def _machine() -> dict[str, Any]:
     return {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "cpu": cpu_description(), "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "native": native.build_info(), "loadavg_start": os.getloadavg(),
-        "note": "shared 2-core machine (other jobs ran at the same time): medians, noisy",
+        "note": "load averages: other jobs on the machine during the run slow every column down",
     }
+
+
+def _header(machine: dict[str, Any]) -> str:
+    cpu = machine["cpu"]
+    flags = cpu["vector_flags"]
+    has = "unknown flags" if flags is None else " ".join(f if ok else f"no-{f}" for f, ok in flags.items())
+    load = " ".join(f"{v:.2f}" for v in machine["loadavg_start"])
+    return (f"CPU: {cpu['model']} ({has}), {machine['cores']} cores; torch {machine['torch']}, "
+            f"{machine['torch_threads']} threads\n{machine['native']}\nload average at start: {load}")
+
+
+def _load(values: Any) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _print_sampling(machine: dict[str, Any], st: dict[str, Any]) -> None:
+    print(f"native: {machine['native']}; load average before / after the sampling part: "
+          f"{_load(st['loadavg_before'])} / {_load(st['loadavg_after'])}")
+    print("| sampler | sampling ms | share of a step | naive / native (median of rounds) |\n|---|---|---|---|")
+    for name, sec in st["sampling_s"].items():
+        ratio = st["naive_over_native"].get(name)
+        share = st.get("sampling_share", {}).get(name)
+        print(f"| {name} | {sec * 1e3:.1f} | {'' if share is None else f'{100 * share:.1f}%'} | "
+              f"{'' if ratio is None else f'{ratio:.1f}x'} |")
 
 
 def _print_tables(res: dict[str, Any]) -> None:
@@ -172,9 +270,7 @@ def _print_tables(res: dict[str, Any]) -> None:
     print(f"model (encoder + LM head on all {st['rows']} rows): {st['model_all_rows_s'] * 1e3:.0f} ms; "
           f"encoder only {st['encoder_only_s'] * 1e3:.0f} ms; LM head on {st['rows_per_16_step']} rows "
           f"(a 16-step generation's step): {st['model_rows_per_16_step_s'] * 1e3:.0f} ms")
-    print("| sampler | sampling ms | share of a step |\n|---|---|---|")
-    for name, sec in st["sampling_s"].items():
-        print(f"| {name} | {sec * 1e3:.1f} | {100 * st['sampling_share'][name]:.1f}% |")
+    _print_sampling(res["machine"], st)
     e2e = res["e2e"]
     print(f"\nEnd to end, batch {e2e['batch']} x {e2e['tokens']} tokens; GPT-2 (KV cache): "
           f"median {e2e['gpt2_kv_cache_s']:.2f} s, min {e2e['gpt2_min_s']:.2f} s")
@@ -187,8 +283,8 @@ def _print_tables(res: dict[str, Any]) -> None:
               f"{row['ratio_vs_gpt2']:.2f} ({row['ratio_vs_gpt2_min']:.2f}) |")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, write the JSON, print the tables; returns the results."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each step measurement")
@@ -197,8 +293,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch / native threads (0: torch's default); 1 is the stable setting on a "
                              "machine shared with other jobs")
-    parser.add_argument("--out", type=Path, default=RESULTS / "native_step_cpu.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--sampling-only", action="store_true",
+                        help="only the naive / native sampling comparison on one step's logits (no model "
+                             "timings, no reference, no end to end): about a minute")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="JSON output (default: runs/bench/native_step_cpu.json, ignored by git; "
+                             "bench/results/ only when named here)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write the JSON, print the tables; returns the results."""
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -211,14 +317,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {"machine": _machine(), "config": {
         "layers": layers, "hidden": hidden, "vocab": vocab, "gpt_vocab": gpt_vocab, "batch": batch,
         "tokens": length, "steps": steps, "repeats": args.repeats, "e2e_repeats": args.e2e_repeats,
-        "sampling": "temperature 1, full vocabulary (no top-k / top-p), fp32 logits"}}
-    res["step"] = step_breakdown(bert, batch, length, args.repeats, backends)
-    print(json.dumps(res["step"], indent=1), flush=True)
-    res["e2e"] = end_to_end(bert, gpt, batch, length, steps, args.e2e_repeats, backends)
+        "sampling": "temperature 1, fp32 logits; generate: full vocabulary (no top-k / top-p)"}}
+    print(_header(res["machine"]), flush=True)
+    if args.sampling_only:
+        _, _, logits = step_logits(bert, batch, length)
+        res["sampling"] = sampling_comparison(logits, args.repeats, backends, reference=False)
+        _print_sampling(res["machine"], res["sampling"])
+    else:
+        res["step"] = step_breakdown(bert, batch, length, args.repeats, backends)
+        print(json.dumps({k: v for k, v in res["step"].items() if k != "sampling_rounds_s"}, indent=1),
+              flush=True)
+        res["machine"]["loadavg_before_e2e"] = os.getloadavg()
+        res["e2e"] = end_to_end(bert, gpt, batch, length, steps, args.e2e_repeats, backends)
     res["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
-    _print_tables(res)
+    if not args.sampling_only:
+        _print_tables(res)
     print(f"\nwritten to {args.out}")
     return res
 

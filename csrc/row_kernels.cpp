@@ -1,12 +1,14 @@
 // Per-row sampling kernels (see row_kernels.h). Semantics: dbert_kernels/reference.py `sample`.
 //
-// One row is read a small, fixed number of times (max; top-k threshold; the fused pass that
-// accumulates the softmax normaliser and does Gumbel-max), all in L1/L2 once it is loaded.
-// Gumbel-max needs the Philox words of every kept id, but the two logarithms of the exact Gumbel
-// value only for ids that can still beat the running best: since E = -log(1 - v) >= v, an id
-// whose uniform v already satisfies v >= exp(s_i - best) cannot win, and that bound needs only
-// exp(s_i - s_max), which the normaliser computes anyway. The exact score (same float32 operation
-// order as the reference) is computed for the few ids that pass (about log V per row).
+// One row is read a small, fixed number of times (max; top-k threshold; top-p weights; the fused
+// pass that accumulates the softmax normaliser and does Gumbel-max), all in L1/L2 once it is
+// loaded. Gumbel-max needs the Philox words of every kept id that can still beat the running best
+// (the AVX2 level skips blocks of ids with s_i + max g < best, see row_kernels_avx2.inc), but the
+// two logarithms of the exact Gumbel value only for ids that pass a second test: since
+// E = -log(1 - v) >= v, an id whose uniform v already satisfies v >= exp(s_i - best) cannot win,
+// and that bound needs only exp(s_i - s_max), which the normaliser computes anyway. The exact
+// score (same float32 operation order as the reference) is computed for the few ids that pass
+// (about log V per row).
 #include "row_kernels.h"
 
 #include <algorithm>
@@ -27,8 +29,9 @@ namespace {
 
 constexpr int L = DBERT_LANES;
 constexpr float kInf = INFINITY;
-// k up to this uses a streaming min-heap for the top-k threshold, above it nth_element.
-constexpr int64_t kHeapTopK = 512;
+// k up to this uses a streaming selection for the top-k threshold (a min-heap, or at the AVX2
+// level a buffer of the values above a running threshold), above it nth_element on a copy.
+constexpr int64_t kSmallTopK = 512;
 
 // GCC/Clang vector extensions: one value per lane of a DBERT_LANES-wide block; the compiler maps
 // them onto the registers of the level being compiled (4 x SSE2, 2 x AVX2 or 1 x AVX-512).
@@ -52,6 +55,7 @@ struct ScanArgs {
   bool sample;  // Gumbel-max (else greedy: only the normaliser)
   bool stats;   // entropy and margin sums
   uint32_t argmax;
+  float min_weight;  // ids with a smaller weight exp_weight(s) are dropped (top-p); 0 keeps all
   Key key;
   uint32_t row;
   uint32_t offset;
@@ -60,9 +64,9 @@ struct ScanArgs {
 // The hot loops of one instruction-set level.
 struct Kernels {
   float (*row_argmax)(const float*, const uint8_t*, int64_t, int64_t*, bool*);
-  float (*kth_largest_heap)(const float*, const uint8_t*, int64_t, int64_t, float*);
+  float (*kth_largest_small)(const float*, const uint8_t*, int64_t, int64_t, float*);
   int64_t (*gather_kept)(const float*, const uint8_t*, int64_t, float, int32_t*);
-  double (*exp_values)(const float*, const int32_t*, int64_t, float, float, float*);
+  double (*exp_values)(const float*, const uint8_t*, const int32_t*, int64_t, float, float, float*);
   ScanResult (*scan)(const float*, const uint8_t*, const int32_t*, int64_t, const ScanArgs&);
   float (*exp_one)(float);
   void (*bf16_to_float)(const uint16_t*, float*, int64_t);
@@ -115,7 +119,7 @@ const Kernels& pick_kernels() {
 const Kernels& K = pick_kernels();
 
 float kth_largest(const float* x, const uint8_t* banned, int64_t n, int64_t k, float* work) {
-  if (k <= kHeapTopK) return K.kth_largest_heap(x, banned, n, k, work);
+  if (k <= kSmallTopK) return K.kth_largest_small(x, banned, n, k, work);
   for (int64_t j = 0; j < n; ++j) work[j] = banned[j] ? -kInf : x[j];
   std::nth_element(work, work + (k - 1), work + n, std::greater<float>());
   return work[k - 1];
@@ -123,7 +127,8 @@ float kth_largest(const float* x, const uint8_t* banned, int64_t n, int64_t k, f
 
 // Radix levels of the top-p threshold search: bins over the bit pattern of the (non-negative)
 // float weights, whose order is the order of the values.
-constexpr int kTopPBins = kScratchHistBins;
+constexpr int kTopPBins = 2048;
+constexpr int kTopPCopies = kScratchHistBins / kTopPBins;
 constexpr int kTopPShift1 = 20;  // sign, exponent and 3 mantissa bits: 1/8-octave bins
 constexpr int kTopPShift2 = 9;   // 11 more mantissa bits
 constexpr uint32_t kTopPMask = kTopPBins - 1;
@@ -136,17 +141,30 @@ DBERT_INLINE uint32_t float_bits(float v) {
 
 // Mass histogram of w[0..n) over bins (bits >> shift) & mask; returns the highest bin b whose
 // mass with everything above it reaches target (with above: the mass above w), or -1 if none,
-// and the mass strictly above that bin in *above.
+// and the mass strictly above that bin in *above. Four interleaved copies of the histogram, so
+// that runs of equal bins do not make each addition wait for the previous one.
 int boundary_bin(const float* w, int64_t n, int shift, double target, double* above, double* hist) {
-  std::fill(hist, hist + kTopPBins, 0.0);
-  for (int64_t i = 0; i < n; ++i) hist[(float_bits(w[i]) >> shift) & kTopPMask] += w[i];
+  std::fill(hist, hist + kTopPCopies * kTopPBins, 0.0);
+  double* h0 = hist;
+  double* h1 = hist + kTopPBins;
+  double* h2 = hist + 2 * kTopPBins;
+  double* h3 = hist + 3 * kTopPBins;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    h0[(float_bits(w[i]) >> shift) & kTopPMask] += w[i];
+    h1[(float_bits(w[i + 1]) >> shift) & kTopPMask] += w[i + 1];
+    h2[(float_bits(w[i + 2]) >> shift) & kTopPMask] += w[i + 2];
+    h3[(float_bits(w[i + 3]) >> shift) & kTopPMask] += w[i + 3];
+  }
+  for (; i < n; ++i) h0[(float_bits(w[i]) >> shift) & kTopPMask] += w[i];
   double acc = *above;
   for (int b = kTopPBins - 1; b >= 0; --b) {
-    if (acc + hist[b] >= target) {
+    const double mass = (h0[b] + h1[b]) + (h2[b] + h3[b]);
+    if (acc + mass >= target) {
       *above = acc;
       return b;
     }
-    acc += hist[b];
+    acc += mass;
   }
   return -1;
 }
@@ -217,22 +235,15 @@ RowStatus sample_row(const float* x, const uint8_t* banned, int64_t vocab, const
     n = K.gather_kept(x, banned, vocab, kth, scratch.idx);
     list = scratch.idx;
   }
+  float min_weight = 0.0f;
   if (p.top_p < 1.0f) {
-    if (list == nullptr) {
-      n = K.gather_kept(x, banned, vocab, -kInf, scratch.idx);
-      list = scratch.idx;
-    }
-    const double z = K.exp_values(x, scratch.idx, n, p.inv_t, m, scratch.vals);
-    const float threshold = top_p_threshold(scratch.vals, n, static_cast<double>(p.top_p) * z, scratch.work, scratch.hist);
-    int64_t kept = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      scratch.idx[kept] = scratch.idx[i];
-      kept += scratch.vals[i] >= threshold;
-    }
-    n = kept;
+    // The weights of the kept ids (of every id, 0 at the banned ones, without top-k), and the
+    // smallest weight that top-p keeps; the fused pass below drops the ids under it.
+    const double z = K.exp_values(x, banned, list, n, p.inv_t, m, scratch.vals);
+    min_weight = top_p_threshold(scratch.vals, n, static_cast<double>(p.top_p) * z, scratch.work, scratch.hist);
   }
   const bool stats = p.with_entropy || p.with_margin;
-  const ScanArgs args{m, p.inv_t, !p.greedy, stats, static_cast<uint32_t>(argmax), p.key, row, p.offset};
+  const ScanArgs args{m, p.inv_t, !p.greedy, stats, static_cast<uint32_t>(argmax), min_weight, p.key, row, p.offset};
   const ScanResult res = K.scan(x, banned, list, n, args);
   const int64_t tok = p.greedy || res.token < 0 ? argmax : res.token;
   // The token's weight, as in the scan: exp_weight((x - m) * inv_t) in float32.

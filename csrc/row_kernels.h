@@ -31,8 +31,9 @@ struct RowResult {
   float margin;   // top-1 minus top-2 probability (with_margin)
 };
 
-// Scratch buffers of one worker thread: idx, vals and work hold V entries, hist kTopPBins.
-constexpr int kScratchHistBins = 2048;
+// Scratch buffers of one worker thread: idx, vals and work hold V entries, hist kScratchHistBins
+// (four copies of the 2048-bin top-p histogram).
+constexpr int kScratchHistBins = 4 * 2048;
 struct RowScratch {
   int32_t* idx;
   float* vals;
