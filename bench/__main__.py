@@ -25,12 +25,15 @@ from typing import Any
 
 import torch
 
+from dbert_kernels.threads import available_cores, overloaded, use_default_threads
+
 from . import e2e, kernels, quality, report, tradeoff
 from .configs import BenchConfig, config_for
 
 SECTIONS = ("kernels", "e2e", "quality", "tradeoff", "oracle", "oracle-trained")
 DEFAULT_SECTIONS = ("kernels", "e2e", "quality")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+#: Results of a run without ``--out``: git-ignored, so that no run replaces the committed bench/results/.
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "runs" / "bench"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,12 +50,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--baseline", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) for the tradeoff and oracle-trained sections")
     p.add_argument("--judge", default=None, help="GPT-2 checkpoint that judges the samples in the tradeoff section")
     p.add_argument("--out", type=Path, default=None,
-                   help="results directory (default bench/results, bench/results/quick with --quick)")
+                   help="results directory (default runs/bench, runs/bench/quick with --quick; the committed "
+                        "results in bench/results/ are only written when --out names them)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new measurements after this many seconds (the rest is listed as skipped)")
     p.add_argument("--note", action="append", default=[], help="a note recorded with the results")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is steadier on a shared machine)")
+                   help="torch CPU threads (default: OMP_NUM_THREADS if set, else 1 for --quick's small ops, "
+                        "else one per core left free by the load average; see dbert_kernels.threads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -112,6 +117,26 @@ def _backends(arg: str | None, device: torch.device) -> list[str]:
     return wanted
 
 
+def work_elements(cfg: BenchConfig) -> int:
+    """Elements of the largest op of a run's grid (a kernel's rows x V, an end-to-end call's logits),
+    the work size that :func:`dbert_kernels.threads.default_threads` weighs."""
+    k, e = cfg.kernels, cfg.e2e
+    return max(max(k.rows) * max(k.vocabs), max(e.tokens) * max(e.batches) * max(e.bert_vocab, e.gpt_vocab))
+
+
+def _load_text() -> str:
+    load = report.load_average()
+    return "unknown" if load is None else " / ".join(f"{x:.2f}" for x in load)
+
+
+def _load_fields(before: list[float] | None) -> dict[str, Any]:
+    """The 1-minute load average before and after a timed cell, and whether either exceeded the cores."""
+    after = report.load_average()
+    one = [x[0] for x in (before, after) if x is not None]
+    return {"load_before": before[0] if before else None, "load_after": after[0] if after else None,
+            "overloaded": any(x > available_cores() for x in one)}
+
+
 def run_kernels(cfg: BenchConfig, device: torch.device, backends: list[str], bar: Any, budget: Budget,
                 section: dict | None = None, save: Save = _no_save) -> dict:
     """The kernel section; fills ``section`` (a new dict by default) as it goes and calls
@@ -124,7 +149,9 @@ def run_kernels(cfg: BenchConfig, device: torch.device, backends: list[str], bar
     for case in kernels.kernel_cases(cfg.kernels):
         bar.set_postfix_str(f"{case.op} {case.variant} {case.rows}x{case.vocab} {case.dtype}")
         if budget.ok():
-            results += kernels.run_kernel_case(case, device, backends, cfg.kernels, copy_bps)
+            before = report.load_average()
+            measured = kernels.run_kernel_case(case, device, backends, cfg.kernels, copy_bps)
+            results += [{**r, **_load_fields(before)} for r in measured]
             save()
         else:
             skipped.append(f"kernel {case.op} {case.variant} rows={case.rows} V={case.vocab} {case.dtype} (budget)")
@@ -146,7 +173,9 @@ def _consume(runs: Iterator[dict], n: int, label: str, out: list[dict], skipped:
             bar.update(n - done)
             return
         try:
+            before = report.load_average()
             r = next(runs)
+            r.update(_load_fields(before))
         except Exception as exc:  # e.g. a compile failure of one GPT-2 variant on this machine
             skipped.append(f"{label}: {n - done} of {n} configurations (error: {exc!r})"[:600])
             print(f"bench: {label} failed: {exc!r}", file=sys.stderr, flush=True)
@@ -235,10 +264,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"unknown sections {unknown}: choose from {SECTIONS}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA GPU is visible: run with --device cpu")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    threads = use_default_threads(args.threads, work_elements(config_for(args.device, quick=args.quick))
+                                  if args.device == "cpu" else None)
+    print(f"bench: {threads} torch thread(s) on {available_cores()} core(s), load average {_load_text()}",
+          file=sys.stderr, flush=True)
+    if overloaded():
+        print("bench: warning: the load average exceeds the core count: timings and ratios of this run are "
+              "unreliable (cells measured so are marked in the tables)", file=sys.stderr, flush=True)
     out_dir = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
     if "oracle" in sections:  # its own files (oracle_cpu.json / .md), on the CPU in float64
         from . import oracle

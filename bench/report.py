@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from dbert_kernels.threads import available_cores
+
 __all__ = ["environment", "device_tag", "write_results", "markdown", "plot", "write_index", "import_pyplot",
            "write_atomic"]
 
@@ -113,7 +115,8 @@ def environment(device: torch.device) -> dict[str, Any]:
                                  "memory_GiB": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
     else:
         name = _cpu_name()
-        extra = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+        extra = {"cpu_count": available_cores(), "torch_threads": torch.get_num_threads(),
+                 "load_average": load_average()}
     return {
         "device": device.type, "device_name": name, **extra, "platform": platform.platform(),
         "python": platform.python_version(), "git_commit": _git_commit(),
@@ -139,13 +142,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
+BUSY_MARK = "(busy)"
+
+
+def _busy(r: dict[str, Any]) -> str:
+    """The mark of a cell measured while the load average exceeded the core count ("" otherwise)."""
+    return f" {BUSY_MARK}" if r.get("overloaded") else ""
+
+
+def busy_note(results: Sequence[dict[str, Any]], cores: Any) -> list[str]:
+    """A line explaining the busy mark, where some of ``results`` carry it."""
+    n = sum(bool(r.get("overloaded")) for r in results)
+    if not n:
+        return []
+    return ["", f"{BUSY_MARK}: {n} of {len(results)} cells measured while the load average exceeded the "
+            f"{cores} cores (load_before / load_after in the JSON): other processes took CPU time, so these "
+            "timings and the ratios built on them are unreliable."]
+
+
 def kernel_lines(res: dict[str, Any]) -> list[str]:
     """Markdown of the kernel section."""
     k = res.get("kernels")
     if not k:
         return ["Kernel benchmarks not run."]
     rows = [
-        [r["op"], r["variant"], r["rows"], r["vocab"], r["dtype"], r["backend"], _ms(r["median_s"]),
+        [r["op"], r["variant"], r["rows"], r["vocab"], r["dtype"], r["backend"], _ms(r["median_s"]) + _busy(r),
          f"{r['bandwidth_GBps']:.3g}", f"{100 * r['fraction_of_copy']:.3g}",
          f"{r['speedup_vs_reference']:.3g}" if r.get("speedup_vs_reference") else "-"]
         for r in k["results"]
@@ -155,6 +176,7 @@ def kernel_lines(res: dict[str, Any]) -> list[str]:
         f"({k['copy_bytes'] >> 20} MiB buffer, read + write counted), same run.", "",
         *_table(["op", "variant", "rows", "V", "dtype", "backend", "median ms", "GB/s", "% of copy",
                  "x reference"], rows),
+        *busy_note(k["results"], res["environment"].get("cpu_count")),
         *[f"\nSkipped: {s}" for s in k.get("skipped", [])],
     ]
 
@@ -170,10 +192,10 @@ def e2e_lines(res: dict[str, Any]) -> list[str]:
     rows = []
     for r in e["diffusion"]:
         ratios = [f"{r['ratio_vs_gpt'][v]:.3g}" if r["ratio_vs_gpt"].get(v) else "-" for v in variants]
-        rows.append([r["tokens"], r["batch"], r["steps"], r["backend"], _ms(r["median_s"]),
+        rows.append([r["tokens"], r["batch"], r["steps"], r["backend"], _ms(r["median_s"]) + _busy(r),
                      f"{r['tokens_per_s']:.4g}", f"{r['ms_per_step']:.3g}", f"{100 * r['model_share']:.0f}",
                      f"{100 * r['sampler_share']:.0f}", *ratios])
-    gpt_rows = [[g["variant"], g["tokens"], g["batch"], _ms(g["median_s"]), f"{g['tokens_per_s']:.4g}"]
+    gpt_rows = [[g["variant"], g["tokens"], g["batch"], _ms(g["median_s"]) + _busy(g), f"{g['tokens_per_s']:.4g}"]
                 for g in e["gpt"]]
     b, g = e["models"]["diffusionbert"], e["models"]["gpt2"]
     lines = [
@@ -188,6 +210,7 @@ def e2e_lines(res: dict[str, Any]) -> list[str]:
         "generation time spent in the denoiser call (encoder + LM head on revealed rows) and in "
         "the rest (sampling ops, unmasking decisions, loop).", "",
         *_table(head, rows), "", *_table(["GPT-2 variant", "tokens", "batch", "latency ms", "tokens/s"], gpt_rows),
+        *busy_note([*e["diffusion"], *e["gpt"]], res["environment"].get("cpu_count")),
     ]
     for s in e.get("skipped", []):
         lines += ["", f"Skipped: {s}"]
@@ -223,7 +246,9 @@ def markdown(res: dict[str, Any], png_name: str | None) -> str:
         lines.append("- **in progress**: written after each measurement; a run cut short (timeout) "
                      "stops here, the rest of its grid was not measured")
     if env["device"] == "cpu":
-        lines.append(f"- CPU: {env.get('cpu_count')} cores, torch threads {env.get('torch_threads')}; "
+        load = env.get("load_average")
+        at_start = f", load average at start {' / '.join(map(str, load))}" if load else ""
+        lines.append(f"- CPU: {env.get('cpu_count')} cores, torch threads {env.get('torch_threads')}{at_start}; "
                      "on the CPU only the reference path and the native backend are timed "
                      "(the Triton interpreter is not a speed path)")
     lines += [f"- note: {n}" for n in res.get("notes", [])]
@@ -299,12 +324,26 @@ def write_results(res: dict[str, Any], out_dir: Path, tag: str, *, with_plot: bo
     if not has_png:
         paths.pop("png")
     write_atomic(paths["md"], markdown(res, paths["png"].name if has_png else None))
-    paths["index"] = write_index(out_dir)
+    index = write_index(out_dir)
+    if index is None:
+        print(f"bench: {out_dir / 'README.md'} is a hand-written index: add this run to it", file=sys.stderr)
+    else:
+        paths["index"] = index
     return paths
 
 
-def write_index(out_dir: Path) -> Path:
-    """``README.md`` of ``out_dir``: one line per run found there, with its headline numbers."""
+#: The first line of an index that :func:`write_index` wrote (and may rewrite).
+INDEX_MARK = "<!-- written by bench.report.write_index; a hand-written index has no such line -->"
+
+
+def write_index(out_dir: Path) -> Path | None:
+    """``README.md`` of ``out_dir``: one line per run found there, with its headline numbers.
+
+    A hand-written ``README.md`` (one without :data:`INDEX_MARK`, such as the curated index of
+    ``bench/results``) is left alone: returns None, and the run is to be added to it by hand."""
+    index = out_dir / "README.md"
+    if index.exists() and INDEX_MARK not in index.read_text():
+        return None
     rows = []
     for path in sorted(out_dir.glob("*.json")):
         try:
@@ -316,10 +355,9 @@ def write_index(out_dir: Path) -> Path:
                    default=0)
         rows.append([f"[{path.stem}]({path.stem}.md)", env["device_name"], res["mode"], res["started"][:10],
                      f"`{res['command']}`", f"{best:.3g}" if best else "-"])
-    lines = ["# Benchmark results", "",
+    lines = [INDEX_MARK, "# Benchmark results", "",
              "Written by `python -m bench` (see docs/bench.md); one file set (JSON, markdown, PNG) per device.",
              "", *_table(["run", "device", "mode", "date", "command",
                           "best DiffusionBERT / GPT-2 (KV cache) tokens/s"], rows), ""]
-    path = out_dir / "README.md"
-    write_atomic(path, "\n".join(lines))
-    return path
+    write_atomic(index, "\n".join(lines))
+    return index

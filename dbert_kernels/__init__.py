@@ -38,6 +38,7 @@ from .strategies import (
     make_strategy,
     register_strategy,
 )
+from .threads import default_threads, use_default_threads
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,8 @@ __all__ = [
     "Sampling",
     "StepState",
     "backend_names",
+    "default_threads",
+    "use_default_threads",
     "register_backend",
     "register_strategy",
     "BigramDenoiser",

@@ -1,4 +1,4 @@
-"""The ``dbert`` command: ``dbert train``, ``dbert generate``, ``dbert eval``."""
+"""The ``dbert`` command: ``dbert train``, ``dbert generate``, ``dbert demo``, ``dbert eval``."""
 
 from __future__ import annotations
 
@@ -35,35 +35,63 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
+    """The decoding flags: the sampling settings (defaults from :data:`dbert_model.arch.DEFAULT_SAMPLING`),
+    the strategy (choices from the registry :data:`dbert_kernels.STRATEGIES`, read when the parser
+    is built, so a strategy registered before appears) and its options (:data:`dbert_kernels.OPTIONS`:
+    a flag left out keeps the strategy's default, and a flag the strategy does not take is refused)."""
+    from dbert_kernels import DEFAULT_STRATEGY, OPTIONS, STRATEGIES, backend_names
+
+    from .arch import DEFAULT_SAMPLING as d
+
     p.add_argument("--steps", type=_positive_int, default=64, help="denoising steps (default 64)")
-    p.add_argument("--strategy", choices=("posterior", "topk", "threshold", "entropy_bound"), default="posterior",
-                   help="posterior: DiffusionBERT's absorbing posterior; topk: confidence-based unmasking; "
-                   "threshold / entropy_bound: adaptive (--steps is then an upper bound), see docs/decoding.md")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=30, help="top-k filter (paper: 30; 0 = off)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus filter in (0, 1]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULT_STRATEGY,
+                   help="; ".join(f"{name}: {spec.help}" for name, spec in STRATEGIES.items())
+                   + f" (default {DEFAULT_STRATEGY}; see docs/decoding.md)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help=f"default {d.temperature}")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"top-k filter (default {d.top_k}, the paper's; 0 = off)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus filter in (0, 1] (default off)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--backend", default="auto", help="sampling-op backend: auto, reference, triton, native")
+    p.add_argument("--backend", default=d.backend,
+                   help=f"sampling-op backend: {', '.join(backend_names())} (default {d.backend})")
+    for name, opt in OPTIONS.items():
+        if opt.cli:
+            p.add_argument("--" + name.replace("_", "-"), type=opt.type, choices=opt.choices, default=None,
+                           help=f"{opt.help} (default {opt.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dbert_kernels import REVEAL_RULES
+    from dbert_kernels import CACHE_MODES
 
     from .arch import architecture_names
-    from .settings import HYBRID_CE_SETS, LOSS_NORMS, LOSSES, SCHEDULES, TIME_DESIGNS, TIME_INITS
+    from .settings import (
+        HYBRID_CE_SETS,
+        LOSS_NORMS,
+        LOSSES,
+        SCHEDULES,
+        TIME_DESIGNS,
+        TIME_INITS,
+        TRAIN_DEFAULT_TIME,
+    )
     from .train import TrainConfig
 
     d = TrainConfig()
     ds = d.diffusion
     parser = _Parser(prog="dbert", description="DiffusionBERT: train, generate, evaluate.")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: OMP_NUM_THREADS if set, else one per core left free by "
+                        "the load average, see dbert_kernels.threads); give it before the command: "
+                        "dbert --threads 1 generate")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train or resume a DiffusionBERT",
-                       description="Train a DiffusionBERT (resumes when --out holds a checkpoint).")
+    t = sub.add_parser("train", help="train or resume a DiffusionBERT", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train a DiffusionBERT (resumes when --out holds a checkpoint). The defaults "
+                       f"fine-tune MiniLM on the built-in corpus for {d.max_steps} steps of {d.batch_size} sentences: "
+                       f"{TRAIN_DEFAULT_TIME} on a 2-core CPU (the run prints its ETA after a few steps). "
+                       "The paper's recipe: --config recipes/bert-base-lm1b.json (a GPU run).")
     t.add_argument("--config", default=None,
                    help="a JSON training configuration (TrainConfig.to_json form); flags given as well override it")
-    t.add_argument("--out", default=d.out, help=f"checkpoint directory (default {d.out})")
+    t.add_argument("--out", default=d.out, help="checkpoint directory")
     t.add_argument("--arch", choices=architecture_names(), default=d.arch,
                    help="diffusion (DiffusionBERT) or gpt2 (the autoregressive baseline, shaped like --init's BERT)")
     t.add_argument("--data", default=d.data, help="'builtin' or a corpus path (text file, dir with train.txt, saved dataset)")
@@ -86,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=d.batch_size)  # train values: checked by TrainConfig
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--warmup", type=int, default=d.warmup_steps)
+    t.add_argument("--warmup", type=int, default=d.warmup_steps,
+                   help="linear warm-up steps (one not shorter than --steps is clipped to a tenth of the run)")
     t.add_argument("--steps", type=int, default=d.max_steps, help="total optimiser steps")
     t.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
     t.add_argument("--grad-clip", type=float, default=d.grad_clip)
@@ -110,33 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--count-special-tokens", action=argparse.BooleanOptionalAction, default=d.count_special_tokens,
                    help="count [CLS] / [SEP] in the token counts of the spindle information (--no-count-special-"
                    "tokens: the authors' word_freq.py counts)")
+    for action in t._actions:  # --help shows every default, also of the flags without a description
+        if action.help is None and action.option_strings:
+            action.help = "default: %(default)s"
 
     g = sub.add_parser("generate", help="sample sentences",
                        description="Generate sentences from all-[MASK]. Without --model, uses (and on first use "
                        "trains, a few CPU minutes) a small demo model fine-tuned from MiniLM.")
     g.add_argument("--model", default=None, help="checkpoint directory (default: the cached demo model)")
+    g.add_argument("--rebuild-demo", action="store_true",
+                   help="train the demo model again before sampling (without --model; see `dbert demo`)")
     g.add_argument("-n", "--num", type=_positive_int, default=4, help="number of sentences")
     g.add_argument("--seq-len", type=_positive_int, default=None, help="length incl. [CLS] (default: training length)")
     g.add_argument("--tokenizer", default=None, help="check / use this tokenizer (must match the checkpoint)")
     g.add_argument("--show-ids", action="store_true", help="also print the token ids")
     g.add_argument("--no-progress", action="store_true")
     _add_sampling(g)
-    g.add_argument("--threshold", type=float, default=0.9, help="threshold strategy: reveal confidences above this")
-    g.add_argument("--gamma", type=float, default=0.1, help="entropy_bound strategy: the entropy bound (nats)")
-    g.add_argument("--confidence", choices=("prob", "margin", "neg_entropy"), default="prob",
-                   help="confidence measure of topk / threshold")
-    g.add_argument("--min-per-step", type=_positive_int, default=1, help="adaptive strategies: reveals per step, at least")
-    g.add_argument("--max-per-step", type=_positive_int, default=None, help="adaptive strategies: reveals per step, at most")
     g.add_argument("--block-length", type=int, default=None, help="decode left-to-right blocks of this many positions")
-    g.add_argument("--cache", choices=("prefix", "dual"), default=None, help="block key/value cache (needs --block-length)")
+    g.add_argument("--cache", choices=CACHE_MODES, default=None, help="block key/value cache (needs --block-length)")
     g.add_argument("--refresh-every", type=int, default=None, help="recompute the cache every N calls (default: per block)")
-    g.add_argument("--reveal", choices=REVEAL_RULES, default="exact",
-                   help="spindle checkpoints, posterior strategy: exact per-token posterior or the authors' rule")
+    g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default off)")
     g.add_argument("--sentence-level", action="store_true",
                    help="spindle checkpoints: reveal with the sentence-level alphabar instead of the per-token schedule")
     g.add_argument("--early-stop", action="store_true", help="fill a row with [PAD] once its [SEP] has nothing masked before it")
     g.add_argument("--show-steps", action="store_true", help="print the canvas after every step (revealed tokens in *stars*)")
 
+    dm = sub.add_parser("demo", help="train (or rebuild) the demo model that `dbert generate` uses without --model",
+                        description="Train the demo model (MiniLM fine-tuned on the built-in corpus for a fixed number "
+                        "of steps, a few CPU minutes) into the cache, unless it is there already; prints its path.")
+    dm.add_argument("--rebuild", action="store_true", help="delete the cached demo model and train it again")
     e = sub.add_parser("eval", help="ELBO perplexity, BLEU-4 and Self-BLEU",
                        description="Evaluate a checkpoint: ELBO perplexity per word on held-out data (exact perplexity "
                        "for a GPT-2 baseline), BLEU-4 of samples against the test set, Self-BLEU among samples, and with "
@@ -151,9 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--paper-metrics", action="store_true",
                    help="also Table 2's metrics: the 128-step bound over real tokens, BLEU / Self-BLEU of "
                    "128-step samples as the authors' mean of per-sample scores and pooled")
-    e.add_argument("--reveal", default="exact", metavar="{" + ",".join(REVEAL_RULES) + "}",
-                   help="spindle checkpoints, posterior strategy: sample with the exact per-token posterior "
-                   "(default) or the authors' reveal rule")
     e.add_argument("--judge", default=None, help="GPT-2 checkpoint (dbert train --arch gpt2) that scores the samples: "
                    "generative perplexity, distinct-1/2/3, repetition")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -222,12 +250,14 @@ def _load(args: argparse.Namespace) -> Any:
     device = resolve_device(args.device)
     check_backend(args.backend, device)
     if args.model is None:
-        path = ensure_demo_model()
+        path = ensure_demo_model(rebuild=getattr(args, "rebuild_demo", False))
         state = read_trainer_state(path)
         steps = state["step"] if state else "?"
         print(f"[demo model] {path}: MiniLM fine-tuned for only {steps} steps on the built-in corpus (a CPU "
               "demo, expect rough text; pass --model for your own checkpoint)", file=sys.stderr)
     else:
+        if getattr(args, "rebuild_demo", False):
+            raise ValueError("--rebuild-demo rebuilds the demo model, which is used without --model: drop one of them")
         path = Path(args.model)
         if path == demo_model_path():
             ensure_demo_model()
@@ -235,8 +265,15 @@ def _load(args: argparse.Namespace) -> Any:
     return load_model(path, device=device, tokenizer=tokenizer)  # any registered architecture
 
 
-_DECODING_FLAGS = ("threshold", "gamma", "confidence", "min_per_step", "max_per_step", "block_length", "cache",
-                   "refresh_every")
+#: ``dbert generate``'s decoding flags that are keyword arguments of :func:`dbert_kernels.generate`.
+_GENERATE_FLAGS = ("block_length", "cache", "refresh_every", "cfg_scale")
+
+
+def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategy options given on the command line (the others keep the strategy's defaults)."""
+    from dbert_kernels import OPTIONS
+
+    return {name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None}
 
 
 def _show_step(tokenizer: Any, mask_id: int) -> Any:
@@ -255,32 +292,59 @@ def _show_step(tokenizer: Any, mask_id: int) -> Any:
 def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[str], Any]:
     """Generated ids, their texts, and the sampler's statistics (None where the architecture's
     sampler has none, e.g. the GPT-2 baseline); a family ignores the decoding options it has no use for."""
+    from dbert_kernels import Sampling
+
     from .arch import get_architecture
     from .generation import decode
 
-    options = {name: getattr(args, name) for name in _DECODING_FLAGS if hasattr(args, name)}
+    options = _strategy_options(args)
+    options.update({name: getattr(args, name) for name in _GENERATE_FLAGS if getattr(args, name, None) is not None})
     if getattr(args, "show_steps", False):
         options["on_step"] = _show_step(loaded.tokenizer, loaded.settings.special_ids["mask"])
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
+                        backend=args.backend)
     ids, stats = get_architecture(loaded.arch).sample(
         loaded.model, loaded.settings, loaded.tokenizer, n=n, steps=args.steps, seq_len=getattr(args, "seq_len", None),
-        strategy=args.strategy, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-        token_counts=loaded.token_counts, sentence_level=getattr(args, "sentence_level", False),
-        reveal=getattr(args, "reveal", "exact"), early_stop=getattr(args, "early_stop", False),
-        seed=args.seed, progress=not args.no_progress, backend=args.backend, **options,
+        strategy=args.strategy, sampling=sampling, token_counts=loaded.token_counts,
+        sentence_level=getattr(args, "sentence_level", False), early_stop=getattr(args, "early_stop", False),
+        progress=not args.no_progress, **options,
     )
     return ids, decode(loaded.tokenizer, ids, loaded.settings), stats
 
 
 def _check_decoding(args: argparse.Namespace) -> None:
     """Refuse bad decoding flags before the model is loaded (the same checks as the sampler's)."""
-    from dbert_kernels import Schedule, make_strategy
+    from dbert_kernels import STRATEGIES, make_strategy
 
-    make_strategy(args.strategy, Schedule.d3pm(), confidence=args.confidence, threshold=args.threshold,
-                  gamma=args.gamma, min_per_step=args.min_per_step, max_per_step=args.max_per_step)
+    options = _strategy_options(args)
+    reveal = options.pop("reveal", None)  # checked against the checkpoint's schedule when it is loaded
+    if reveal is not None and "reveal" not in STRATEGIES[args.strategy].options:
+        raise ValueError(f"--reveal applies to --strategy posterior, not {args.strategy}")
+    make_strategy(args.strategy, **options)
     for flag in ("block_length", "refresh_every"):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _empty_reason(row: list[int], settings: Any) -> str:
+    """Why a generated row decodes to no text (see :func:`dbert_model.generation.decode`)."""
+    special = settings.special_ids
+    body = row[1:] if row and row[0] == special["cls"] else row
+    if not body:
+        return "the row has no position after [CLS]"
+    if body[0] == special["sep"]:
+        return "the model ended the row with [SEP] at once"
+    if body[0] == special["pad"]:
+        return "the model put [PAD] right after [CLS]"
+    return "the tokens before the row's [SEP] / [PAD] are all special tokens"
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import ensure_demo_model
+
+    path = ensure_demo_model(rebuild=args.rebuild)
+    print(f"demo model: {path}")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -290,7 +354,7 @@ def _generate(args: argparse.Namespace) -> None:
     ids, texts, stats = _sample(loaded, args, args.num)
     elapsed = time.perf_counter() - start
     for i, text in enumerate(texts):
-        print(f"[{i}] {text}")
+        print(f"[{i}] {text}" if text else f"[{i}] (empty: {_empty_reason(ids[i].tolist(), loaded.settings)})")
         if args.show_ids:
             print(f"    ids: {ids[i].tolist()}")
     if stats is None:  # e.g. the GPT-2 baseline: one forward per token with its KV cache
@@ -305,7 +369,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from dbert_kernels import REVEAL_RULES
+    from dbert_kernels import OPTIONS
 
     from .arch import get_architecture
     from .checkpoint import read_trainer_state
@@ -314,8 +378,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .judge import Judge
     from .train import resolve_device
 
-    if args.reveal not in REVEAL_RULES:  # checked here, not by argparse: one line, exit 2
-        raise ValueError(f"--reveal must be one of {', '.join(REVEAL_RULES)}, got {args.reveal!r}")
+    _check_decoding(args)
     if args.samples == 1:
         raise ValueError("--samples must be 0 (skip BLEU) or >= 2 (Self-BLEU needs two samples)")
     if args.judge and not args.samples:
@@ -341,7 +404,8 @@ def _eval(args: argparse.Namespace) -> None:
     if args.samples:
         _, texts, _ = _sample(loaded, args, args.samples)
         refs = normalise_references(loaded.tokenizer, sentences, loaded.settings.max_len)
-        results.update({"samples": args.samples, "steps": args.steps, "reveal": args.reveal, "bleu4": bleu4(texts, refs),
+        results.update({"samples": args.samples, "steps": args.steps, "strategy": args.strategy,
+                        "reveal": args.reveal or OPTIONS["reveal"].default, "bleu4": bleu4(texts, refs),
                         "self_bleu4": self_bleu(texts), "empty_samples": sum(not t.strip() for t in texts),
                         "example": texts[:3]})
         if judge is not None:
@@ -396,8 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     _config_file_defaults(parser, argv)
     args = parser.parse_args(argv)
+    from dbert_kernels import use_default_threads
+
+    use_default_threads(args.threads)
     try:
-        {"train": _train, "generate": _generate, "eval": _eval}[args.command](args)
+        {"train": _train, "generate": _generate, "demo": _demo, "eval": _eval}[args.command](args)
     except (OSError, ValueError, ImportError, FloatingPointError, TypeError) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         print(f"dbert {args.command}: error: {text}", file=sys.stderr)

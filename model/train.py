@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 
 from dbert_kernels import token_information
 
-from .arch import Architecture, architecture_of, get_architecture
+from .arch import DEFAULT_SAMPLING, Architecture, architecture_of, get_architecture
 from .checkpoint import (
     OPTIMIZER_FILE,
     check_vocabulary,
@@ -38,7 +38,8 @@ from .generation import decode
 from .settings import DiffusionSettings, TrainConfig
 from .tokenizer import load_tokenizer
 
-__all__ = ["TrainConfig", "TrainResult", "train", "resolve_device", "check_output_dir", "check_backend", "train_engine", "OutputDirError"]
+__all__ = ["TrainConfig", "TrainResult", "train", "resolve_device", "check_output_dir", "check_backend", "train_engine", "OutputDirError",
+           "clip_warmup", "eta_line"]
 
 
 @dataclass
@@ -104,6 +105,36 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     return max(0.1, 1.0 - 0.9 * (step - cfg.warmup_steps) / span)
+
+
+def clip_warmup(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainConfig:
+    """``cfg`` with a warm-up that is not shorter than the run (``warmup_steps >= max_steps``)
+    clipped to a tenth of the run, said in one line; ``cfg`` itself otherwise."""
+    if cfg.warmup_steps < cfg.max_steps:
+        return cfg
+    clipped = cfg.max_steps // 10
+    log(f"warm-up of {cfg.warmup_steps} steps is not shorter than the run ({cfg.max_steps} steps): clipped to "
+        f"{clipped} steps (a tenth of the run; set --warmup to choose)")
+    return replace(cfg, warmup_steps=clipped)
+
+
+#: Steps and seconds after which :func:`eta_line` extrapolates the time of the rest of the run.
+ETA_AFTER_STEPS, ETA_AFTER_S = 10, 15.0
+
+
+def eta_line(steps_done: int, seconds: float, steps_left: int, max_minutes: float | None = None) -> str | None:
+    """One line estimating the time of the rest of the run, once ``ETA_AFTER_STEPS`` steps or
+    ``ETA_AFTER_S`` seconds have passed in this call (None before): the mean step time so far times
+    the steps left (validations and saves included where they happened), capped by ``max_minutes``."""
+    if steps_done < 1 or (steps_done < ETA_AFTER_STEPS and seconds < ETA_AFTER_S):
+        return None
+    per_step = seconds / steps_done
+    total = seconds + per_step * steps_left
+    cap = ""
+    if max_minutes is not None and total > 60 * max_minutes:
+        total, cap = 60 * max_minutes, f" (--minutes {max_minutes:g} stops it first)"
+    when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    return f"ETA ~{when} for {steps_done + steps_left} steps ({per_step:.2f} s/step){cap}"
 
 
 def _batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -178,6 +209,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by processes x grad_accum = "
                          f"{world} x {cfg.grad_accum}")
     log = (log or print) if main else _quiet
+    cfg = clip_warmup(cfg, log)
     check_backend(cfg.backend, device)
     out = Path(cfg.out)
     resuming = check_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -197,6 +229,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     step = run.step
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step", disable=not (cfg.progress and main))
     started, elapsed_before = time.monotonic(), (run.history[-1]["elapsed_s"] if run.history else 0.0)
+    first_step, eta_said = step, False
     model.train()
     try:
         while step < min(cfg.max_steps, cfg.stop_after or cfg.max_steps):
@@ -208,6 +241,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", ce=f"{ce:.3f}")
             run.after_step(step, loss, ce, elapsed_before + time.monotonic() - started, bar.write)
+            if not eta_said and main:
+                line = eta_line(step - first_step, time.monotonic() - started,
+                                min(cfg.max_steps, cfg.stop_after or cfg.max_steps) - step, cfg.max_minutes)
+                if line:
+                    bar.write(line)
+                    eta_said = True
     finally:
         bar.close()
     seconds = time.monotonic() - started  # the training loop (with its periodic validations and saves)
@@ -311,7 +350,8 @@ class _Run:
         if step % cfg.eval_every == 0:
             self.validate(step)
         if self.main and cfg.sample_every and step % cfg.sample_every == 0:
-            ids, _ = self.arch.sample(self.model, self.settings, self.tokenizer, n=2, steps=32, top_k=30, seed=cfg.seed)
+            ids, _ = self.arch.sample(self.model, self.settings, self.tokenizer, n=2, steps=32,
+                                      sampling=replace(DEFAULT_SAMPLING, seed=cfg.seed))
             for text in decode(self.tokenizer, ids, self.settings):
                 write(f"  sample: {text}")
         if step % cfg.save_every == 0:

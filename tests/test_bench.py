@@ -172,5 +172,6 @@ def test_a_failing_configuration_keeps_the_results_before_it() -> None:
     out: list[dict] = []
     skipped: list[str] = []
     _consume(runs(), 3, "GPT-2 static-compile", out, skipped, Bar(), Budget(None))
-    assert out == [{"tokens": 8, "batch": 1}]
+    load = {k: out[0][k] for k in ("load_before", "load_after", "overloaded")}  # each cell records the load
+    assert out == [{"tokens": 8, "batch": 1, **load}]
     assert len(skipped) == 1 and "2 of 3" in skipped[0] and "planted compile failure" in skipped[0]

@@ -4,7 +4,9 @@ Trains every variant of the preset with the same budget (cached under
 ``~/.cache/dbert-kernels/paper/<preset>/``: a rerun only evaluates), evaluates each on the test
 split, sweeps the sampling steps of the best one, and writes ``<preset>.md`` (tables in the
 paper's layout, verdicts), ``<preset>.png`` (validation curves) and ``<preset>.json`` to
-``bench/results/paper/`` (``bench/results/quick/paper/`` for ``--quick``).
+``runs/bench/paper/`` (``runs/bench/quick/paper/`` for ``--quick``; the committed results in
+``bench/results/paper/`` are only written with ``--out``). ``--quick`` is a smoke run: it checks
+that the pipeline runs, and reports no numbers or verdicts (its 4-step models measure nothing).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from statistics import mean
 from typing import Any
 
 from . import report
-from .presets import PRESETS, Preset, variants
+from .presets import PRESETS, Preset, is_smoke, variants
 from .runs import cache_root, sweep_point, train_and_evaluate
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+#: Results of a run without ``--out``: git-ignored, so that no run replaces the committed bench/results/paper/.
+RESULTS = Path(__file__).resolve().parent.parent.parent / "runs" / "bench"
 
 
 def _map(fn: Callable[..., dict[str, Any]], jobs: list[tuple[Any, ...]], workers: int) -> list[dict[str, Any]]:
@@ -57,7 +60,8 @@ def run(preset: Preset, root: Path, out_dir: Path, command: str) -> dict[str, An
     res = {
         "command": command, "started": started.strftime("%Y-%m-%d %H:%M"), "duration_s": time.perf_counter() - t0,
         "git_commit": report_commit(), "cpu_count": os.cpu_count(), "preset": preset.as_dict(),
-        "best": best, "runs": runs, "sweep": sweep, "verdicts": report.verdicts(runs, sweep),
+        "best": best, "runs": runs, "sweep": sweep, "smoke": is_smoke(preset),
+        "verdicts": None if is_smoke(preset) else report.verdicts(runs, sweep),
     }
     paths = report.write(res, out_dir)
     print(report.markdown(res))
@@ -75,13 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.paper", description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="small",
                    help="sizes: small (~55 min idle 2-core CPU, 3 seeds, the committed run), full (~90 min idle 2-core CPU), quick (smoke)")
-    p.add_argument("--quick", action="store_true", help="same as --preset quick (under a minute)")
+    p.add_argument("--quick", action="store_true",
+                   help="same as --preset quick: a smoke run (under a minute) that reports no numbers or verdicts")
     p.add_argument("--steps", type=int, default=None, help="override the preset's training steps per variant")
     p.add_argument("--seeds", default=None, help="override the seeds, comma-separated (e.g. 0,1,2)")
     p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: the preset's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--cache", type=Path, default=None, help="checkpoint cache (default ~/.cache/dbert-kernels/paper)")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/paper)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results directory (default runs/bench/paper, runs/bench/quick/paper with --quick)")
     return p
 
 

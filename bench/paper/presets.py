@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "Variant", "PRESETS", "variants", "BASELINE"]
+__all__ = ["Preset", "Variant", "PRESETS", "variants", "BASELINE", "is_smoke"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,12 @@ PRESETS: dict[str, Preset] = {
     # the issue's ~90-minute configuration on an idle 2-core CPU
     "full": Preset(name="full", steps=720, test_sentences=None, bleu_samples=128),
 }
+
+
+def is_smoke(preset: Preset) -> bool:
+    """Whether ``preset`` is the smoke test (``quick`` and its overrides): its models train for a
+    handful of steps, so it checks that the pipeline runs and its numbers measure nothing."""
+    return preset.name == "quick" or preset.name.startswith("quick-")
 
 
 def variants(preset: Preset) -> list[Variant]:

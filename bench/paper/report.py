@@ -145,8 +145,27 @@ def _claim_lines(v: dict[str, Any]) -> list[str]:
     ]
 
 
+def smoke_markdown(res: dict[str, Any]) -> str:
+    """The report of a smoke run: what ran, and that its numbers mean nothing (no tables, no verdicts)."""
+    p = res["preset"]
+    configs = sorted({r["config"] for r in res["runs"]})
+    return "\n".join([
+        f"# Smoke run of the paper-claims pipeline (preset `{p['name']}`)", "",
+        f"- command: `{res['command']}`",
+        f"- date: {res['started']} (UTC), wall time {res['duration_s'] / 60:.1f} min, commit {res['git_commit']}",
+        f"- ran: {len(res['runs'])} variants ({', '.join(configs)}) trained for {p['steps']} steps each, evaluated, "
+        f"and a sweep of {len(res['sweep'])} sampling-step settings",
+        "",
+        f"This is a smoke run: {p['steps']}-step models measure nothing (their perplexities are astronomical), so "
+        "it reports no numbers and no verdicts. The claims: `python -m bench.paper` (preset small).",
+    ]) + "\n"
+
+
 def markdown(res: dict[str, Any]) -> str:
-    """The report: command, date, sizes, the paper-layout tables and the verdicts."""
+    """The report: command, date, sizes, the paper-layout tables and the verdicts (a smoke run:
+    :func:`smoke_markdown`)."""
+    if res.get("smoke"):
+        return smoke_markdown(res)
     p = res["preset"]
     c = _by_config(res["runs"])
     lines = [
@@ -202,13 +221,14 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
-    """PNG: validation nats/word vs step; left pretrained vs scratch per seed, right every variant."""
-    import matplotlib
+def plot_curves(runs: list[dict[str, Any]], path: Path) -> bool:
+    """PNG: validation nats/word vs step; left pretrained vs scratch per seed, right every variant.
+    False (a note on stderr, no file) where matplotlib is not installed."""
+    from bench.report import import_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot(path.name)
+    if plt is None:
+        return False
     c = _by_config(runs)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
     for config, style in ((BASE, "-"), ("spindle-tad-scratch", "--")):
@@ -231,14 +251,17 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def write(res: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``<preset>.json``, ``<preset>.md``, ``<preset>.png`` under ``out_dir``."""
+    """``<preset>.json``, ``<preset>.md`` and (not for a smoke run, and only with matplotlib)
+    ``<preset>.png`` under ``out_dir``; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = res["preset"]["name"]
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
     paths[0].write_text(json.dumps(res, indent=2, default=str) + "\n")
     paths[1].write_text(markdown(res))
-    plot_curves(res["runs"], paths[2])
+    if res.get("smoke") or not plot_curves(res["runs"], paths[2]):
+        paths.pop()
     return paths

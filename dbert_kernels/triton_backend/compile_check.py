@@ -1,5 +1,6 @@
-"""Compile kernel variants for a GPU target without a GPU (Triton's bundled toolchain) and report
-their resources.
+"""Compile the Triton kernel variants for a GPU target without a GPU and report their resources.
+
+Triton's bundled toolchain compiles for ``--arch`` (default sm_90):
 
     TRITON_INTERPRET=0 python -m dbert_kernels.triton_backend.compile_check [--arch 90] [--quick | --production] [--strict]
 
@@ -203,7 +204,7 @@ def compile_all(arch: int = 90, quick: bool = False, strict: bool = False, produ
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
     parser.add_argument("--quick", action="store_true", help="the bf16 sampling variant and the other kernels")
     parser.add_argument("--strict", action="store_true",
