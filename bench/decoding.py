@@ -34,12 +34,16 @@ from typing import Any
 
 import torch
 
+from dbert_kernels.threads import available_cores, load_average
+
 from .e2e import TimedDenoiser
+from .report import native_info
 from .timing import synchronize
 
 __all__ = ["Setting", "SETTINGS", "confidence_profile", "text_stats", "judge_perplexity", "run", "main"]
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decoding_cpu"
+#: Without ``--out`` results go to the git-ignored runs/bench/, never over the committed bench/results/.
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "runs" / "bench" / "decoding_cpu"
 
 
 @dataclass(frozen=True)
@@ -260,10 +264,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _load_line(meta: dict[str, Any]) -> str:
+    """The machine's load average around the run (1-minute value), marked when it exceeded the cores."""
+    before, after, cores = meta.get("load_before"), meta.get("load_after"), meta.get("cores")
+    if before is None or after is None:
+        return "Load average: not recorded."
+    busy = max(before, after) > (cores or 1)
+    return (f"Load average {before:.2f} before, {after:.2f} after, on {cores} cores"
+            + (": **above the core count, ratios unreliable**." if busy else ".")
+            + (f" Native kernels: {meta['native']}." if meta.get("native") else ""))
+
+
 def to_markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# Decoding strategies vs GPT-2 (KV cache), {meta['machine']}", "",
              f"Command: `{meta['command']}`  ", f"Checkpoint: `{meta['model']}` ({meta['checkpoint_steps']} steps); "
-             f"threads: {meta['threads']}; repeats: {meta['repeats']} (medians); {meta['date']}", "",
+             f"threads: {meta['threads']}; repeats: {meta['repeats']} (medians); {meta['date']}  ",
+             _load_line(meta), "",
              "## Confidence profile (50 % of real tokens masked)", ""]
     p = res["profile"]
     lines += [f"median top-1 probability {p['median_top_prob']:.3f}; above 0.5: {p['frac_above_0.5']:.1%}, above 0.7: "
@@ -305,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results path without extension (.md and .json)")
     args = p.parse_args(argv)
     started = time.time()
+    load_before = load_average()
     res = run(args)
+    load_after = load_average()
     state = Path(args.model, "trainer_state.json")
     meta = {
         "command": "python -m bench.decoding " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -314,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model, "threads": args.threads, "repeats": args.repeats,
         "checkpoint_steps": json.loads(state.read_text())["step"] if state.is_file() else "?",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": time.time() - started,
+        "cores": available_cores(), "load_before": load_before, "load_after": load_after,
+        "native": native_info() if not args.device.startswith("cuda") else None,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -116,12 +116,23 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         name = _cpu_name()
         extra = {"cpu_count": available_cores(), "torch_threads": torch.get_num_threads(),
-                 "load_average": load_average()}
+                 "load_average": load_average(), "native": native_info()}
     return {
         "device": device.type, "device_name": name, **extra, "platform": platform.platform(),
         "python": platform.python_version(), "git_commit": _git_commit(),
         "versions": {m: _version(m) for m in ("dbert_kernels", "torch", "transformers", "triton", "numpy")},
     }
+
+
+def native_info() -> str:
+    """The instruction-set level the native kernels were built for and dispatched to (CPU numbers
+    depend on it), or why they are unavailable."""
+    try:
+        from dbert_kernels import native
+
+        return native.build_info()
+    except Exception as exc:  # a failed build is reported, not fatal
+        return f"dbert_native: unavailable ({type(exc).__name__})"
 
 
 def device_tag(env: dict[str, Any]) -> str:
@@ -251,6 +262,8 @@ def markdown(res: dict[str, Any], png_name: str | None) -> str:
         lines.append(f"- CPU: {env.get('cpu_count')} cores, torch threads {env.get('torch_threads')}{at_start}; "
                      "on the CPU only the reference path and the native backend are timed "
                      "(the Triton interpreter is not a speed path)")
+        if env.get("native"):
+            lines.append(f"- native kernels: {env['native']}")
     lines += [f"- note: {n}" for n in res.get("notes", [])]
     lines += ["", "## Kernels", "", *kernel_lines(res), "", "## End to end: DiffusionBERT against GPT-2", ""]
     if png_name and res.get("e2e"):

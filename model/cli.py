@@ -55,8 +55,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=d.backend,
                    help=f"sampling-op backend: {', '.join(backend_names())} (default {d.backend})")
     for name, opt in OPTIONS.items():
-        if opt.cli:
-            p.add_argument("--" + name.replace("_", "-"), type=opt.type, choices=opt.choices, default=None,
+        if opt.cli:  # choices are checked by _check_decoding: a bad value is one line naming the flag
+            p.add_argument("--" + name.replace("_", "-"), type=opt.type, default=None,
+                           metavar="{" + ",".join(opt.choices) + "}" if opt.choices else None,
                            help=f"{opt.help} (default {opt.default})")
 
 
@@ -314,9 +315,13 @@ def _sample(loaded: Any, args: argparse.Namespace, n: int) -> tuple[Any, list[st
 
 def _check_decoding(args: argparse.Namespace) -> None:
     """Refuse bad decoding flags before the model is loaded (the same checks as the sampler's)."""
-    from dbert_kernels import STRATEGIES, make_strategy
+    from dbert_kernels import OPTIONS, STRATEGIES, make_strategy
 
     options = _strategy_options(args)
+    for name, value in options.items():
+        choices = OPTIONS[name].choices
+        if choices is not None and value not in choices:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
     reveal = options.pop("reveal", None)  # checked against the checkpoint's schedule when it is loaded
     if reveal is not None and "reveal" not in STRATEGIES[args.strategy].options:
         raise ValueError(f"--reveal applies to --strategy posterior, not {args.strategy}")

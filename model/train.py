@@ -209,10 +209,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by processes x grad_accum = "
                          f"{world} x {cfg.grad_accum}")
     log = (log or print) if main else _quiet
-    cfg = clip_warmup(cfg, log)
     check_backend(cfg.backend, device)
     out = Path(cfg.out)
     resuming = check_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
+    cfg = clip_warmup(cfg, log)
     if main:
         clean_stale_copies(out)
     accelerator.wait_for_everyone()

@@ -51,6 +51,8 @@ def test_cells_of_an_idle_machine_are_not_marked(tmp_path, monkeypatch, capsys, 
     cells = res["kernels"]["results"]
     assert cells and not any(c["overloaded"] for c in cells) and all(c["load_before"] == 0.0 for c in cells)
     assert report.BUSY_MARK not in md and "warning" not in err and "torch thread(s)" in err
+    assert res["environment"]["native"].startswith("dbert_native")  # the ISA the CPU numbers depend on
+    assert "- native kernels: dbert_native" in md
 
 
 def test_threads_flag_wins(tmp_path, monkeypatch, capsys, restore_threads) -> None:

@@ -66,3 +66,11 @@ def test_spindle_checkpoint_samples_with_its_schedule_by_default(checkpoint, cap
     calls.clear()
     assert main([*base, "--sentence-level"]) == 0 and not calls
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("flag, value", [("--confidence", "certainty"), ("--scores", "softmax"), ("--order", "random"),
+                                         ("--counts", "linear")])
+def test_a_bad_choice_is_one_line_naming_the_flag(checkpoint, capsys, flag, value) -> None:
+    assert main(["generate", "--model", checkpoint, "-n", "1", "--steps", "4", "--no-progress", flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} must be one of" in err[0]

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from dbert_kernels import OPTIONS
 from dbert_model import encode, load_corpus, token_counts
 from dbert_model.checkpoint import load_checkpoint
 from dbert_model.cli import main
@@ -165,13 +166,15 @@ def test_eval_paper_metrics_with_the_authors_reveal(spindle_run, monkeypatch, ca
     assert res["reveal"] == "authors" and 0 <= res["paper_bleu4_mean"] <= 1
     assert 0 <= res["paper_empty_samples"] <= 4 and res["empty_samples"] >= 0
     # both samplings (the --steps one and the 128-step one) use the authors' rule with the spindle information
-    assert [(c["steps"], c["reveal"]) for c in calls] == [(4, "authors"), (128, "authors")]
+    assert [(c["steps"], c.get("reveal")) for c in calls] == [(4, "authors"), (128, "authors")]
     assert all(c["token_info"] is not None for c in calls)
     # the default stays the exact posterior
     calls.clear()
     assert main(["eval", "--model", str(spindle_run), "--steps", "4", "--samples", "2", "--max-sentences", "4",
                  "--no-progress", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["reveal"] == "exact" and [c["reveal"] for c in calls] == ["exact"]
+    # no --reveal: the strategy's own default (the exact posterior) applies
+    assert json.loads(capsys.readouterr().out)["reveal"] == "exact" and [c.get("reveal") for c in calls] == [None]
+    assert OPTIONS["reveal"].default == "exact"
 
 
 def test_eval_says_how_many_samples_were_empty(spindle_run, monkeypatch, capsys) -> None:
