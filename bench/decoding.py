@@ -324,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     res = run(args)
     load_after = load_average()
-    state = Path(args.model, "trainer_state.json")
+    from dbert_model.checkpoint import read_trainer_state
+
+    trainer_state = read_trainer_state(Path(args.model))
     meta = {
         "command": "python -m bench.decoding " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                     else f"{platform.processor() or platform.machine()} CPU") + f", torch {torch.__version__}",
         "model": args.model, "threads": args.threads, "repeats": args.repeats,
-        "checkpoint_steps": json.loads(state.read_text())["step"] if state.is_file() else "?",
+        "checkpoint_steps": (trainer_state or {}).get("step", "?"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": time.time() - started,
         "cores": available_cores(), "load_before": load_before, "load_after": load_after,
         "native": native_info() if not args.device.startswith("cuda") else None,
