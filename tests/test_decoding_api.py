@@ -26,8 +26,6 @@ from dbert_kernels.strategies import (
 from dbert_model.arch import DEFAULT_SAMPLING
 from dbert_model.cli import build_parser, main
 
-from .model_fixtures import CORPUS, VOCAB
-
 V, MASK = 32, 31
 
 
@@ -106,21 +104,12 @@ def test_a_strategy_registered_from_outside_runs_in_generate(toy_strategy):
         dk.generate(_den(), strategy=toy_strategy, threshold=0.5, **KW)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("api") / "run"
-    args = ["train", "--out", str(out), "--data", str(CORPUS), "--tokenizer", str(VOCAB), "--init", "tiny",
-            "--max-len", "12", "--batch-size", "8", "--steps", "2", "--eval-every", "2", "--eval-sentences", "4",
-            "--log-every", "2", "--lr", "3e-3", "--warmup", "1", "--no-progress"]
-    assert main(args) == 0
-    return str(out)
-
-
-def test_a_strategy_registered_from_outside_appears_in_dbert_generate(toy_strategy, checkpoint, capsys):
+def test_a_strategy_registered_from_outside_appears_in_dbert_generate(toy_strategy, decoding_checkpoint, capsys):
+    checkpoint = decoding_checkpoint
     assert toy_strategy in build_parser().parse_args(["generate", "--strategy", toy_strategy]).strategy
-    assert main(["generate", "--model", checkpoint, "-n", "2", "--steps", "12", "--no-progress",
+    assert main(["generate", "--model", checkpoint, "-n", "2", "--steps", "16", "--no-progress",
                  "--strategy", toy_strategy]) == 0
-    assert f"{toy_strategy}, 11 denoiser calls" in capsys.readouterr().err  # one position per call after [CLS]
+    assert f"{toy_strategy}, 15 denoiser calls" in capsys.readouterr().err  # one position per call after [CLS]
 
 
 def test_a_backend_registered_from_outside_is_selected_by_name(monkeypatch):

@@ -6,17 +6,10 @@ import pytest
 
 from dbert_model.cli import main
 
-from .model_fixtures import CORPUS, VOCAB
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("decoding") / "run"
-    args = ["train", "--out", str(out), "--data", str(CORPUS), "--tokenizer", str(VOCAB), "--init", "tiny",
-            "--max-len", "16", "--batch-size", "16", "--steps", "3", "--eval-every", "3", "--eval-sentences", "8",
-            "--log-every", "3", "--lr", "3e-3", "--warmup", "1", "--no-progress"]
-    assert main(args) == 0
-    return str(out)
+@pytest.fixture
+def checkpoint(decoding_checkpoint: str) -> str:
+    return decoding_checkpoint
 
 
 def test_generate_threshold_blocks_cache_show_steps(checkpoint, capsys) -> None:
