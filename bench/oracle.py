@@ -32,7 +32,7 @@ from dbert_kernels.markov import MarkovChain, OracleDenoiser, sampler_metrics
 
 from . import report
 
-__all__ = ["OracleConfig", "config_for", "settings", "run_oracle", "markdown", "main"]
+__all__ = ["OracleConfig", "config_for", "settings", "strategy_grid", "run_oracle", "markdown", "main"]
 
 
 @dataclass(frozen=True)
@@ -61,25 +61,32 @@ def config_for(quick: bool = False) -> OracleConfig:
     return QUICK if quick else FULL
 
 
+def strategy_grid(steps: tuple[int, ...], thresholds: tuple[float, ...], gammas: tuple[float, ...], free: int,
+                  block_length: int) -> list[dict[str, Any]]:
+    """The decoding grid of both oracle benchmarks, without blocks and then with blocks of
+    ``block_length``: the posterior and top-k at each of ``steps`` and ``free`` steps, the threshold
+    strategy at each of ``thresholds`` and the entropy bound at each of ``gammas``, those two with
+    ``free`` steps as the bound (``strategy`` / ``setting`` / ``block`` label each, ``gen`` holds the
+    ``generate`` keywords)."""
+    out: list[dict[str, Any]] = []
+    for block in (None, block_length):
+        for name in ("posterior", "topk"):
+            for s in sorted({*steps, free}):
+                out.append(dict(strategy=name, setting=f"steps={s}", block=block, gen=dict(strategy=name, steps=s)))
+        for tau in thresholds:
+            out.append(dict(strategy="threshold", setting=f"threshold={tau}", block=block,
+                            gen=dict(strategy="threshold", threshold=tau, steps=free)))
+        for g in gammas:
+            out.append(dict(strategy="entropy_bound", setting=f"gamma={g}", block=block,
+                            gen=dict(strategy="entropy_bound", gamma=g, steps=free)))
+    return out
+
+
 def settings(cfg: OracleConfig, length: int) -> list[dict[str, Any]]:
     """The ``generate`` keyword sets of one length (``strategy`` / ``setting`` label each)."""
-    out: list[dict[str, Any]] = [
-        dict(strategy="exact", setting="1 token/step, margin order", gen=dict(strategy="topk", steps=length,
-                                                                              confidence="margin")),
-    ]
-    steps = sorted({*cfg.steps, length})
-    for block in (None, cfg.block_length):
-        for name in ("posterior", "topk"):
-            for s in steps:
-                out.append(dict(strategy=name, setting=f"steps={s}", block=block,
-                                gen=dict(strategy=name, steps=s)))
-        for tau in cfg.thresholds:
-            out.append(dict(strategy="threshold", setting=f"threshold={tau}", block=block,
-                            gen=dict(strategy="threshold", threshold=tau, steps=length)))
-        for g in cfg.gammas:
-            out.append(dict(strategy="entropy_bound", setting=f"gamma={g}", block=block,
-                            gen=dict(strategy="entropy_bound", gamma=g, steps=length)))
-    return out
+    exact = dict(strategy="exact", setting="1 token/step, margin order",
+                 gen=dict(strategy="topk", steps=length, confidence="margin"))
+    return [exact, *strategy_grid(cfg.steps, cfg.thresholds, cfg.gammas, length, cfg.block_length)]
 
 
 

@@ -41,6 +41,7 @@ import torch
 from dbert_kernels.markov import MarkovChain, sampler_metrics
 
 from . import report
+from .oracle import strategy_grid
 
 __all__ = ["TrainedConfig", "FULL", "QUICK", "write_corpus", "check_tokenizer", "train_both", "model_nll",
            "run_bench", "markdown", "main"]
@@ -265,18 +266,8 @@ def settings(cfg: TrainedConfig) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [dict(strategy="topk, margin order", setting=f"steps={free} (model error only)",
                                       block=None, gen=dict(strategy="topk", steps=free, confidence="margin"))]
     blocks = math.ceil((cfg.length + 2) / cfg.block_length)
-    for block in (None, cfg.block_length):
-        for name in ("posterior", "topk"):
-            for s in sorted({*cfg.steps, free}):
-                if block is not None and s < blocks:
-                    continue  # fewer steps than blocks
-                out.append(dict(strategy=name, setting=f"steps={s}", block=block, gen=dict(strategy=name, steps=s)))
-        for tau in cfg.thresholds:
-            out.append(dict(strategy="threshold", setting=f"threshold={tau}", block=block,
-                            gen=dict(strategy="threshold", threshold=tau, steps=free)))
-        for g in cfg.gammas:
-            out.append(dict(strategy="entropy_bound", setting=f"gamma={g}", block=block,
-                            gen=dict(strategy="entropy_bound", gamma=g, steps=free)))
+    out += [s for s in strategy_grid(cfg.steps, cfg.thresholds, cfg.gammas, free, cfg.block_length)
+            if s["block"] is None or s["strategy"] not in ("posterior", "topk") or s["gen"]["steps"] >= blocks]
     # the block caches (an approximation of the bidirectional encoder), with blocks
     for mode in cfg.caches:
         for s in sorted(s for s in cfg.steps if s >= blocks)[:2]:
