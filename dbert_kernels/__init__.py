@@ -23,7 +23,7 @@ from .denoisers import BigramDenoiser, Denoiser, HFMaskedLMDenoiser, as_denoiser
 from .markov import MarkovChain, OracleDenoiser
 from .ops import sample, sample_absorbing, spindle_mask, topk_unmask, unmask_decision
 from .params import SamplingParams
-from .sampler import SAMPLING_KEYWORDS, GenerateStats, build_template, generate
+from .sampler import GenerateStats, build_template, generate
 from .schedules import Schedule, token_information
 from .strategies import (
     CONFIDENCE_MEASURES,
@@ -48,7 +48,6 @@ __all__ = [
     "CONFIDENCE_MEASURES",
     "DEFAULT_STRATEGY",
     "OPTIONS",
-    "SAMPLING_KEYWORDS",
     "Sampling",
     "StepState",
     "backend_names",

@@ -349,7 +349,8 @@ def generate(
         check_ids_in_range(ids, vocab, "the fixed / prefix ids")
     stop = None if stop_ids is None else torch.as_tensor(list(stop_ids), dtype=torch.int64, device=ids.device)
     stats = GenerateStats()
-    ask = _Ask(den, stats, kv, prompt=ids != mask_id, cfg_scale=float(cfg_scale), mask_id=mask_id)
+    ask = _Ask(den, stats, kv, prompt=(ids != mask_id) if cfg_scale else None, cfg_scale=float(cfg_scale),
+               mask_id=mask_id)
     share = [steps // len(blocks) + (1 if i < steps % len(blocks) else 0) for i in range(len(blocks))]
     steps = sum(share)  # 0 when nothing is masked
     pos = torch.arange(seq_len, device=ids.device)

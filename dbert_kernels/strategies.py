@@ -628,12 +628,14 @@ class EntropyBoundStep(Strategy):
 @dataclass(frozen=True)
 class StrategySpec:
     """A registered strategy: ``build(schedule, token_info, **options)`` returns the
-    :class:`Strategy`; ``options``: the :data:`OPTIONS` names it takes."""
+    :class:`Strategy`; ``options``: the :data:`OPTIONS` names it takes; ``token_info``: whether it
+    uses a spindle schedule's token information (others are refused one)."""
 
     name: str
     build: Callable[..., Strategy]
     options: tuple[str, ...]
     help: str
+    token_info: bool = False
 
 
 #: Registered strategies by name (:func:`register_strategy`); what ``generate(strategy=...)`` and
@@ -642,28 +644,29 @@ STRATEGIES: dict[str, StrategySpec] = {}
 
 
 def register_strategy(name: str, build: Callable[..., Strategy], *, options: tuple[str, ...] = (),
-                      help: str = "") -> None:
+                      help: str = "", token_info: bool = False) -> None:
     """Register a strategy under ``name``.
 
     ``build(schedule, token_info, **options)`` returns a :class:`Strategy` (``schedule``: the
     generation's :class:`~dbert_kernels.Schedule`; ``token_info``: its spindle token information
     or None); ``options``: the names of the :data:`OPTIONS` it takes, which are passed only when
-    the caller sets them. Options of your own: add them to :data:`OPTIONS` first.
+    the caller sets them. Options of your own: add them to :data:`OPTIONS` first. ``token_info``:
+    the strategy uses the token information (``generate(token_info=...)`` is refused otherwise).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a strategy name must be a non-empty string, got {name!r}")
     unknown = [o for o in options if o not in OPTIONS]
     if unknown:
         raise ValueError(f"strategy {name!r}: unknown options {unknown}; add them to dbert_kernels.strategies.OPTIONS")
-    STRATEGIES[name] = StrategySpec(name, build, tuple(options), help)
+    STRATEGIES[name] = StrategySpec(name, build, tuple(options), help, token_info)
 
 
 def make_strategy(strategy: str | Strategy, schedule: Schedule | None = None, *,
                   token_info: torch.Tensor | None = None, **options: Any) -> Strategy:
     """The :class:`Strategy` registered as ``strategy``, built with the given hyper-parameters
     (:data:`OPTIONS`); a :class:`Strategy` object is returned as it is. An option that the
-    strategy does not take is refused (it would be ignored), as is ``token_info`` for any
-    strategy but ``"posterior"``."""
+    strategy does not take is refused (it would be ignored), as is ``token_info`` for a strategy
+    registered without it (every one but ``"posterior"``)."""
     if isinstance(strategy, Strategy):
         if options:
             raise TypeError(f"strategy is a {type(strategy).__name__} object: set {sorted(options)} on it, not here")
@@ -682,7 +685,7 @@ def make_strategy(strategy: str | Strategy, schedule: Schedule | None = None, *,
         choices = OPTIONS[name].choices
         if choices is not None:
             _choice(value, name, choices)
-    if token_info is not None and "token_info" not in spec.options and strategy != "posterior":
+    if token_info is not None and not spec.token_info:
         raise ValueError("token_info needs strategy='posterior' and a spindle schedule (spindle_lambda > 0)")
     return spec.build(schedule or Schedule(), token_info, **options)
 
@@ -699,7 +702,7 @@ def _posterior(schedule: Schedule, token_info: torch.Tensor | None, reveal: str 
     return SpindlePosteriorStep(schedule, token_info, reveal=reveal, special_ids=special_ids)
 
 
-register_strategy("posterior", _posterior, options=("reveal", "special_ids"),
+register_strategy("posterior", _posterior, options=("reveal", "special_ids"), token_info=True,
                   help="DiffusionBERT's absorbing posterior (per token with a spindle schedule's token_info)")
 register_strategy("topk", lambda schedule, _info, **o: TopKStep(schedule, **o),
                   options=("gumbel_temperature", "confidence", "scores", "counts"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dbert_kernels import DEFAULT_STRATEGY, SAMPLING_KEYWORDS, Sampling, Strategy, generate
+from dbert_kernels import DEFAULT_STRATEGY, Sampling, Strategy, generate
 
 from .network import DiffusionBert
 from .settings import DiffusionSettings
@@ -64,10 +64,10 @@ def sample_ids(
     fixed[0] = sp["cls"]
     schedule = settings.build_schedule()
     banned = banned_ids(tokenizer, settings)
-    flat = {name: options.pop(name) for name in SAMPLING_KEYWORDS if name in options}
-    if sampling is not None and flat:
-        raise TypeError(f"pass {sorted(flat)} in sampling=Sampling(...) or as keywords, not both")
-    sampling = replace(sampling or Sampling(**flat), banned_ids=banned)
+    if sampling is None:
+        options["banned_ids"] = banned  # with the other flat keywords, generate builds the Sampling
+    else:
+        sampling = replace(sampling, banned_ids=banned)
     if schedule.is_spindle and strategy == "posterior" and token_info is not None:
         options.update(token_info=token_info, special_ids=sorted({sp["cls"], sp["sep"], sp["pad"], *banned}))
     if early_stop:

@@ -181,3 +181,17 @@ def test_a_cache_refresh_runs_only_rows_with_masks_left_in_the_block():
     _, stats = dk.generate(model, **kw)
     assert stats.calls == 8
     assert stats.rows_forwarded == 4 * 1 + 4 * 2
+
+
+def test_token_info_goes_only_to_strategies_registered_to_take_it(toy_strategy):
+    info = torch.rand(V)
+    seen = []
+    dk.register_strategy("left-first-info", lambda _schedule, token_info: seen.append(token_info) or _LeftFirst(),
+                         token_info=True)
+    try:
+        dk.generate(_den(), strategy="left-first-info", token_info=info, **{**KW, "steps": 12, "seq_len": 6})
+        assert seen and seen[0] is info
+        with pytest.raises(ValueError, match="token_info"):
+            dk.generate(_den(), strategy=toy_strategy, token_info=info, **KW)
+    finally:
+        STRATEGIES.pop("left-first-info")
